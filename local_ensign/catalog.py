@@ -1,0 +1,191 @@
+"""The catalog: projects, API keys and topics, kept in one SQLite file.
+
+The gRPC service reads topics from an in-memory copy (topics change rarely and are
+looked up on every published event); every change is written through to disk
+before it is acknowledged, so topic ids survive restarts. API keys are read from
+disk on each authentication, so keys created by another process (the
+``keys create`` command) work while the server runs.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ids import new_ulid
+
+TOPIC_NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+MAX_TOPIC_NAME = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+    id BLOB PRIMARY KEY, org_id BLOB NOT NULL, name TEXT NOT NULL UNIQUE, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    client_id TEXT PRIMARY KEY, key_id BLOB NOT NULL, secret_hash TEXT NOT NULL,
+    project_id BLOB NOT NULL REFERENCES projects(id), created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topics (
+    id BLOB PRIMARY KEY, project_id BLOB NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL,
+    UNIQUE (project_id, name)
+);
+"""
+
+
+class TopicExistsError(Exception):
+    """A topic of that name already exists in the project."""
+
+
+class InvalidTopicName(ValueError):
+    """A topic name breaks the naming rule."""
+
+
+@dataclass(frozen=True)
+class Project:
+    id: bytes
+    org_id: bytes
+    name: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    client_id: str
+    key_id: bytes
+    secret_hash: str
+    project_id: bytes
+    org_id: bytes
+
+
+@dataclass(frozen=True)
+class Topic:
+    id: bytes
+    project_id: bytes
+    name: str
+    created: float
+    modified: float
+
+
+def validate_topic_name(name: str) -> None:
+    """Raise InvalidTopicName unless ``name`` follows Ensign's topic naming rule."""
+    if not name:
+        raise InvalidTopicName("topic name is required")
+    if len(name) > MAX_TOPIC_NAME:
+        raise InvalidTopicName(f"topic name must be at most {MAX_TOPIC_NAME} characters")
+    if not TOPIC_NAME_RULE.match(name):
+        raise InvalidTopicName(
+            "topic name must start with a letter and contain only letters, digits, '.', '_' or '-'"
+        )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open a SQLite database in WAL mode with full syncs and a generous busy timeout."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+class Catalog:
+    """Projects, API keys and topics of one data directory."""
+
+    FILENAME = "catalog.sqlite3"
+
+    def __init__(self, data_dir: Path) -> None:
+        self._db = connect(Path(data_dir) / self.FILENAME)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._topics: dict[bytes, Topic] = {}
+        self._by_name: dict[tuple[bytes, str], Topic] = {}
+        self._reload_topics()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _reload_topics(self) -> None:
+        rows = self._db.execute(
+            "SELECT id, project_id, name, created, modified FROM topics ORDER BY created, id"
+        ).fetchall()
+        self._topics = {row[0]: Topic(*row) for row in rows}
+        self._by_name = {(t.project_id, t.name): t for t in self._topics.values()}
+
+    # Projects and keys ---------------------------------------------------------------
+
+    def ensure_project(self, name: str) -> Project:
+        """Return the project called ``name``, creating it (with a new org) if needed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT id, org_id, name FROM projects WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    row = (new_ulid(), new_ulid(), name)
+                    self._db.execute(
+                        "INSERT INTO projects (id, org_id, name, created) VALUES (?, ?, ?, ?)",
+                        (*row, time.time()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Project(*row)
+
+    def add_api_key(self, client_id: str, secret_hash: str, project: Project) -> None:
+        """Store a new API key for ``project``; the secret is stored only as its hash."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO api_keys (client_id, key_id, secret_hash, project_id, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (client_id, new_ulid(), secret_hash, project.id, time.time()),
+            )
+
+    def find_api_key(self, client_id: str) -> ApiKey | None:
+        """Look an API key up by its client id, reading the file afresh."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT k.client_id, k.key_id, k.secret_hash, k.project_id, p.org_id"
+                " FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.client_id = ?",
+                (client_id,),
+            ).fetchone()
+        return ApiKey(*row) if row else None
+
+    # Topics -------------------------------------------------------------------------
+
+    def create_topic(self, project_id: bytes, name: str) -> Topic:
+        """Create a topic, durably, and return it; the name must be new in the project."""
+        validate_topic_name(name)
+        with self._lock:
+            if (project_id, name) in self._by_name:
+                raise TopicExistsError(f"topic {name!r} already exists")
+            now = time.time()
+            topic = Topic(new_ulid(), project_id, name, now, now)
+            try:
+                self._db.execute(
+                    "INSERT INTO topics (id, project_id, name, created, modified)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (topic.id, topic.project_id, topic.name, topic.created, topic.modified),
+                )
+            except sqlite3.IntegrityError:
+                # Created meanwhile by another process sharing the data directory.
+                self._reload_topics()
+                raise TopicExistsError(f"topic {name!r} already exists") from None
+            self._topics[topic.id] = topic
+            self._by_name[(project_id, name)] = topic
+        return topic
+
+    def topic(self, topic_id: bytes) -> Topic | None:
+        """The topic with this id, or None."""
+        return self._topics.get(topic_id)
+
+    def topic_named(self, project_id: bytes, name: str) -> Topic | None:
+        """The project's topic called ``name``, or None."""
+        return self._by_name.get((project_id, name))
+
+    def topics(self, project_id: bytes) -> list[Topic]:
+        """The project's topics in creation (id) order."""
+        return [t for t in self._topics.values() if t.project_id == project_id]

@@ -1,0 +1,152 @@
+"""Command line: ``python -m local_ensign serve | keys create | status``.
+
+Every problem a user can fix (a bad flag, a port in use, a data directory that
+cannot be used, no server answering) ends with one line on standard error and a
+non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import grpc
+from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc
+
+from . import __version__
+from .catalog import Catalog
+from .credentials import create_api_key, write_key_file
+from .server import (
+    DEFAULT_AUTH_PORT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ServerConfig,
+    ServerError,
+    default_data_dir,
+    prepare_data_dir,
+    read_state,
+    serve,
+)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are a single line (``--help`` still shows usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than zero")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="local_ensign", description="A local Ensign server for the pyensign client.")
+    parser.add_argument("--version", action="version", version=f"local_ensign {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    data_help = "data directory (default: $LOCAL_ENSIGN_DATA_DIR or ./.local_ensign)"
+
+    run = commands.add_parser("serve", help="run the server in the foreground")
+    run.add_argument("--data-dir", type=Path, default=None, help=data_help)
+    run.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
+    run.add_argument("--port", type=_port, default=DEFAULT_PORT, help="gRPC port (default %(default)s; 0 picks a free one)")
+    run.add_argument("--auth-port", type=_port, default=DEFAULT_AUTH_PORT, help="auth endpoint port (default %(default)s; 0 picks a free one)")
+    run.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="where events live: durable SQLite (default) or memory only")
+    run.add_argument("--access-ttl", type=_positive, default=None, metavar="SECONDS", help="access token lifetime (default one hour)")
+    run.add_argument("--exit-with-parent", action="store_true", help="stop when standard input closes (used by the launcher)")
+    run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
+    create = keys.add_parser("create", help="create an API key for a project (made if new)")
+    create.add_argument("--data-dir", type=Path, default=None, help=data_help)
+    create.add_argument("--project", required=True, help="project name")
+    create.add_argument("--out", type=Path, default=None, help="write the key file here (mode 600) instead of printing it")
+
+    status = commands.add_parser("status", help="ask a running server whether it is healthy")
+    status.add_argument("--data-dir", type=Path, default=None, help=data_help)
+    status.add_argument("--endpoint", default=None, help="host:port to ask (default: the data directory's server, else 127.0.0.1:5356)")
+    status.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return _keys_create(args)
+        return _status(args)
+    except ServerError as err:
+        print(f"local_ensign: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServerConfig(
+        data_dir=args.data_dir or default_data_dir(),
+        host=args.host,
+        port=args.port,
+        auth_port=args.auth_port,
+        store=args.store,
+        exit_with_parent=args.exit_with_parent,
+    )
+    if args.access_ttl:
+        config.access_ttl = args.access_ttl
+    asyncio.run(serve(config))
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    data_dir = prepare_data_dir(args.data_dir or default_data_dir())
+    catalog = Catalog(data_dir)
+    try:
+        credentials = create_api_key(catalog, args.project)
+    finally:
+        catalog.close()
+    if args.out is None:
+        print(json.dumps(credentials, indent=2))
+    else:
+        try:
+            write_key_file(args.out, credentials)
+        except OSError as err:
+            raise ServerError(f"cannot write key file {args.out}: {err.strerror}") from None
+        print(f"wrote API key for project {args.project!r} to {args.out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    endpoint = args.endpoint
+    if endpoint is None:
+        state = read_state(args.data_dir or default_data_dir())
+        endpoint = state["endpoint"] if state else f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+    with grpc.insecure_channel(endpoint) as channel:
+        stub = ensign_pb2_grpc.EnsignStub(channel)
+        try:
+            state = stub.Status(ensign_pb2.HealthCheck(), timeout=args.timeout)
+        except grpc.RpcError as err:
+            raise ServerError(f"no Ensign server answering at {endpoint} ({err.code().name})") from None
+    status = ensign_pb2.ServiceState.Status.Name(state.status)
+    print(f"{status}: Ensign {state.version} at {endpoint}, up {state.uptime.seconds}s")
+    return 0 if status == "HEALTHY" else 1

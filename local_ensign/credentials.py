@@ -1,0 +1,79 @@
+"""API keys: generating client ids and secrets, hashing and checking secrets.
+
+A secret is shown once, when its key is created, and stored only as a salted
+PBKDF2-SHA256 hash. The key file written for users is the JSON that pyensign's
+``Ensign(cred_path=...)`` reads: ``{"ClientID": ..., "ClientSecret": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import string
+from pathlib import Path
+
+from .catalog import ApiKey, Catalog
+
+_ALPHABET = string.ascii_letters + string.digits
+_ITERATIONS = 20_000
+_SCHEME = "pbkdf2_sha256"
+
+
+def _random_text(length: int, alphabet: str = _ALPHABET) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def hash_secret(secret: str, *, iterations: int = _ITERATIONS) -> str:
+    """Return ``scheme$iterations$salt$digest`` for a client secret."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    encode = base64.urlsafe_b64encode
+    return f"{_SCHEME}${iterations}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def secret_matches(secret: str, stored: str) -> bool:
+    """True if ``secret`` hashes to ``stored`` (compared in constant time)."""
+    try:
+        scheme, iterations, salt, digest = stored.split("$")
+        if scheme != _SCHEME:
+            return False
+        salt_bytes = base64.urlsafe_b64decode(salt)
+        expected = base64.urlsafe_b64decode(digest)
+    except ValueError:
+        return False
+    actual = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt_bytes, int(iterations))
+    return hmac.compare_digest(actual, expected)
+
+
+def create_api_key(catalog: Catalog, project_name: str) -> dict[str, str]:
+    """Create a key with every permission on ``project_name`` (made if new).
+
+    Returns ``{"ClientID": ..., "ClientSecret": ...}``, the only time the secret is seen.
+    """
+    project = catalog.ensure_project(project_name)
+    client_id = _random_text(32, string.ascii_letters)
+    secret = _random_text(64)
+    catalog.add_api_key(client_id, hash_secret(secret), project)
+    return {"ClientID": client_id, "ClientSecret": secret}
+
+
+def authenticate(catalog: Catalog, client_id: str, secret: str) -> ApiKey | None:
+    """The API key if ``client_id`` exists and ``secret`` is its secret, else None."""
+    key = catalog.find_api_key(client_id)
+    if key is None or not secret_matches(secret, key.secret_hash):
+        return None
+    return key
+
+
+def write_key_file(path: Path, credentials: dict[str, str]) -> None:
+    """Write credentials as JSON readable by the owner only (never world-readable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(credentials, handle, indent=2)
+        handle.write("\n")

@@ -1,0 +1,183 @@
+"""Runs the whole server: catalog, event log, committer, gRPC service and auth endpoint.
+
+``serve()`` starts everything, writes ``server.json`` (where to reach the server)
+into the data directory, prints one ready line to standard output once both
+endpoints accept connections, and shuts down cleanly when asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from . import __version__
+from .auth_http import AuthEndpoint
+from .catalog import Catalog
+from .committer import Committer
+from .eventlog import MemoryEventLog, SQLiteEventLog
+from .service import MAX_EVENT_SIZE, EnsignService, method_handlers
+from .subscriptions import SubscriptionRegistry
+from .tokens import ACCESS_TTL, TokenIssuer, load_signing_key
+
+log = logging.getLogger("local_ensign.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5356
+DEFAULT_AUTH_PORT = 5357
+STATE_FILE = "server.json"
+READY_PREFIX = "local_ensign ready:"
+MAX_MESSAGE = MAX_EVENT_SIZE + 3 * 1024 * 1024  # oversized events become nacks, not stream errors
+
+
+def default_data_dir() -> Path:
+    """``$LOCAL_ENSIGN_DATA_DIR`` if set, else ``.local_ensign`` in the working directory."""
+    return Path(os.environ.get("LOCAL_ENSIGN_DATA_DIR") or ".local_ensign")
+
+
+class ServerError(Exception):
+    """A problem the user can fix (a port in use, an unusable data directory)."""
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    auth_port: int = DEFAULT_AUTH_PORT
+    store: str = "sqlite"  # or "memory": events are kept in memory only
+    access_ttl: float = ACCESS_TTL
+    exit_with_parent: bool = False  # stop when standard input closes
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data directory if needed and check that the server can write there."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ServerError(f"cannot use data directory {path}: it is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ServerError(f"cannot create data directory {path}: {err.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ServerError(f"cannot use data directory {path}: not writable")
+    return path
+
+
+def read_state(data_dir: Path) -> dict | None:
+    """Where the server using ``data_dir`` listens, from its ``server.json``, or None."""
+    try:
+        return json.loads((Path(data_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_data_dir(data_dir: Path, stack: ExitStack) -> None:
+    """Make sure only one server writes to a data directory at a time."""
+    handle = stack.enter_context(open(data_dir / "server.lock", "a+"))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ServerError(f"another local_ensign server is already using {data_dir}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ServerError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run the server until SIGINT/SIGTERM (or, if asked, until standard input closes)."""
+    data_dir = prepare_data_dir(config.data_dir)
+    with ExitStack() as stack:
+        _lock_data_dir(data_dir, stack)
+        _check_port_free(config.host, config.port)
+        _check_port_free(config.host, config.auth_port)
+        catalog = Catalog(data_dir)
+        stack.callback(catalog.close)
+        event_log = MemoryEventLog() if config.store == "memory" else SQLiteEventLog(data_dir)
+        stack.callback(event_log.close)
+        issuer = TokenIssuer(load_signing_key(data_dir), access_ttl=config.access_ttl)
+        registry = SubscriptionRegistry(event_log)
+        committer = Committer(event_log, registry)
+        stack.callback(committer.close)
+        service = EnsignService(catalog, committer, registry, issuer, server_id=f"local-{os.getpid()}")
+
+        grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ]
+        )
+        grpc_server.add_generic_rpc_handlers((method_handlers(service),))
+        try:
+            port = grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise ServerError(f"cannot listen on {config.host}:{config.port}")
+        try:
+            auth = AuthEndpoint(config.host, config.auth_port, catalog, issuer)
+        except OSError as err:
+            raise ServerError(f"cannot listen on {config.host}:{config.auth_port}: {err.strerror}") from None
+
+        await grpc_server.start()
+        auth.start()
+        stack.callback(auth.stop)
+        committing = asyncio.create_task(committer.run(), name="committer")
+
+        state = {
+            "pid": os.getpid(),
+            "endpoint": f"{config.host}:{port}",
+            "auth_url": f"http://{config.host}:{auth.port}",
+            "version": __version__,
+            "store": config.store,
+        }
+        state_path = data_dir / STATE_FILE
+        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        stack.callback(state_path.unlink, missing_ok=True)
+        print(
+            f"{READY_PREFIX} Ensign gRPC at {state['endpoint']}, auth at {state['auth_url']},"
+            f" {config.store} store in {data_dir}",
+            flush=True,
+        )
+
+        await _wait_for_stop(config.exit_with_parent)
+        log.info("shutting down")
+        await grpc_server.stop(grace=1.0)
+        committing.cancel()
+
+
+async def _wait_for_stop(exit_with_parent: bool) -> None:
+    """Return on SIGINT or SIGTERM, or when standard input closes if ``exit_with_parent``."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if exit_with_parent:
+
+        def watch_stdin() -> None:
+            while sys.stdin.buffer.read(1):
+                pass
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
+    await stop.wait()

@@ -1,0 +1,394 @@
+"""The gRPC service: Ensign's v1beta1 API over the catalog and the event log.
+
+Implemented: Publish, Subscribe, CreateTopic, ListTopics, TopicExists,
+RetrieveTopic, TopicNames and Status. EnSQL, Explain, DeleteTopic,
+SetTopicPolicy and Info answer UNIMPLEMENTED (they are planned, not faked).
+Every call but Status needs a valid bearer token from the auth endpoint, and
+sees only the topics of the project named in that token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from pyensign.api.v1beta1 import ensign_pb2, event_pb2, query_pb2, topic_pb2
+
+from . import __version__
+from .catalog import Catalog, InvalidTopicName, Topic, TopicExistsError
+from .committer import Committer, PendingEvent, PendingReply
+from .ids import parse_ulid, ulid_to_str
+from .subscriptions import SubscriptionRegistry
+from .tokens import Claims, InvalidToken, TokenIssuer
+
+log = logging.getLogger("local_ensign.service")
+
+MAX_EVENT_SIZE = 5_243_000
+MAX_IN_FLIGHT = 5_000  # events a publish stream may have waiting for their ack
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 5_000
+
+Code = grpc.StatusCode
+NackCode = ensign_pb2.Nack.Code
+
+
+class EnsignService:
+    """Handlers for ``ensign.v1beta1.Ensign``; register them with ``method_handlers``."""
+
+    def __init__(
+        self, catalog: Catalog, committer: Committer, registry: SubscriptionRegistry,
+        issuer: TokenIssuer, server_id: str,
+    ) -> None:
+        self.catalog = catalog
+        self.committer = committer
+        self.registry = registry
+        self.issuer = issuer
+        self.server_id = server_id
+        self.started = time.monotonic()
+
+    # Authorization ---------------------------------------------------------------------
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, *any_of: str) -> Claims:
+        """Check the bearer token and that it grants one of ``any_of``; abort otherwise."""
+        header = next(
+            (value for key, value in context.invocation_metadata() or () if key == "authorization"),
+            "",
+        )
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            await context.abort(Code.UNAUTHENTICATED, "missing credentials")
+        try:
+            claims = self.issuer.verify_access(token.strip())
+        except InvalidToken:
+            await context.abort(Code.UNAUTHENTICATED, "invalid credentials")
+        if any_of and not claims.permissions.intersection(any_of):
+            await context.abort(Code.PERMISSION_DENIED, "not authorized to perform this action")
+        return claims
+
+    # Status --------------------------------------------------------------------------
+
+    async def Status(self, request, context) -> ensign_pb2.ServiceState:
+        now = time.time()
+        uptime = Duration()
+        uptime.FromNanoseconds(int((time.monotonic() - self.started) * 1e9))
+        return ensign_pb2.ServiceState(
+            status=ensign_pb2.ServiceState.Status.HEALTHY,
+            version=__version__,
+            uptime=uptime,
+            not_before=_timestamp(now + 60),
+            not_after=_timestamp(now + 3600),
+        )
+
+    # Topics --------------------------------------------------------------------------
+
+    async def CreateTopic(self, request: topic_pb2.Topic, context) -> topic_pb2.Topic:
+        claims = await self._authorize(context, "topics:create")
+        if request.project_id:
+            try:
+                project_id = parse_ulid(request.project_id)
+            except ValueError:
+                await context.abort(Code.INVALID_ARGUMENT, "could not parse project id")
+            if project_id != claims.project_id:
+                await context.abort(Code.PERMISSION_DENIED, "not authorized to perform this action")
+        try:
+            topic = self.catalog.create_topic(claims.project_id, request.name)
+        except InvalidTopicName as err:
+            await context.abort(Code.INVALID_ARGUMENT, str(err))
+        except TopicExistsError:
+            await context.abort(Code.ALREADY_EXISTS, f"topic {request.name!r} already exists")
+        log.info("created topic %s (%s)", topic.name, ulid_to_str(topic.id))
+        return self._topic_message(topic)
+
+    async def ListTopics(self, request: ensign_pb2.PageInfo, context) -> topic_pb2.TopicsPage:
+        claims = await self._authorize(context, "topics:read")
+        page, token = await _page(self.catalog.topics(claims.project_id), request, context)
+        return topic_pb2.TopicsPage(
+            topics=[self._topic_message(topic) for topic in page], next_page_token=token
+        )
+
+    async def TopicNames(self, request: ensign_pb2.PageInfo, context) -> topic_pb2.TopicNamesPage:
+        claims = await self._authorize(context, "topics:read", "publisher", "subscriber")
+        page, token = await _page(self.catalog.topics(claims.project_id), request, context)
+        names = [
+            topic_pb2.TopicName(
+                topic_id=ulid_to_str(t.id), project_id=ulid_to_str(t.project_id), name=t.name
+            )
+            for t in page
+        ]
+        return topic_pb2.TopicNamesPage(topic_names=names, next_page_token=token)
+
+    async def TopicExists(self, request: topic_pb2.TopicName, context) -> topic_pb2.TopicExistsInfo:
+        claims = await self._authorize(context, "topics:read", "publisher", "subscriber")
+        if not request.name and not request.topic_id:
+            await context.abort(Code.INVALID_ARGUMENT, "topic name or id is required")
+        if request.project_id and request.project_id != ulid_to_str(claims.project_id):
+            return topic_pb2.TopicExistsInfo(query=_exists_query(request), exists=False)
+        topic = None
+        if request.name:
+            topic = self.catalog.topic_named(claims.project_id, request.name)
+        if request.topic_id:
+            by_id = self._own_topic(claims, request.topic_id)
+            topic = by_id if topic is None or topic == by_id else None
+            if request.name and by_id is not None and by_id.name != request.name:
+                topic = None
+        return topic_pb2.TopicExistsInfo(query=_exists_query(request), exists=topic is not None)
+
+    async def RetrieveTopic(self, request: topic_pb2.Topic, context) -> topic_pb2.Topic:
+        claims = await self._authorize(context, "topics:read")
+        if not request.id:
+            await context.abort(Code.INVALID_ARGUMENT, "topic id is required")
+        topic = self._own_topic(claims, request.id)
+        if topic is None:
+            await context.abort(Code.NOT_FOUND, "topic not found")
+        return self._topic_message(topic)
+
+    def _own_topic(self, claims: Claims, topic_id: str | bytes) -> Topic | None:
+        """The topic with this id if it belongs to the caller's project, else None."""
+        try:
+            topic = self.catalog.topic(parse_ulid(topic_id))
+        except ValueError:
+            return None
+        return topic if topic is not None and topic.project_id == claims.project_id else None
+
+    def _topic_message(self, topic: Topic) -> topic_pb2.Topic:
+        return topic_pb2.Topic(
+            id=topic.id,
+            project_id=topic.project_id,
+            name=topic.name,
+            offset=self.committer.offset(topic.id),
+            status=topic_pb2.TopicState.READY,
+            deduplication=topic_pb2.Deduplication(
+                strategy=topic_pb2.Deduplication.Strategy.NONE,
+                offset=topic_pb2.Deduplication.OffsetPosition.OFFSET_EARLIEST,
+            ),
+            created=_timestamp(topic.created),
+            modified=_timestamp(topic.modified),
+        )
+
+    # Publish -------------------------------------------------------------------------
+
+    async def Publish(self, requests: AsyncIterator[ensign_pb2.PublisherRequest], context):
+        claims = await self._authorize(context, "publisher")
+        first = await _first(requests)
+        if first is None:
+            return
+        if not first.HasField("open_stream"):
+            await context.abort(Code.INVALID_ARGUMENT, "the first message must open the stream")
+        topics = self.catalog.topics(claims.project_id)
+        if first.open_stream.topics:
+            wanted = set(first.open_stream.topics)
+            topics = [t for t in topics if t.name in wanted or ulid_to_str(t.id) in wanted]
+        if not topics:
+            await context.abort(Code.FAILED_PRECONDITION, "no topics available")
+        yield ensign_pb2.PublisherReply(
+            ready=ensign_pb2.StreamReady(
+                client_id=first.open_stream.client_id,
+                server_id=self.server_id,
+                topics={t.name: t.id for t in topics},
+            )
+        )
+        publisher = event_pb2.Publisher(
+            publisher_id=claims.key_id,
+            client_id=first.open_stream.client_id,
+            ipaddr=_peer_address(context.peer()),
+            user_agent=_metadata(context, "user-agent"),
+        )
+        outbox: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        reader = asyncio.create_task(self._read_events(requests, claims, publisher, outbox, slots))
+        try:
+            while (reply := await outbox.get()) is not None:
+                slots.release()
+                yield reply
+        finally:
+            reader.cancel()
+
+    async def _read_events(self, requests, claims, publisher, outbox, slots) -> None:
+        """Check each incoming event and hand it to the committer (or nack it in turn)."""
+        try:
+            async for request in requests:
+                if not request.HasField("event"):
+                    continue
+                await slots.acquire()
+                wrapper = request.event
+                problem = self._publish_problem(claims, wrapper)
+                if problem is None:
+                    self.committer.submit(
+                        PendingEvent(outbox, wrapper.local_id, wrapper.topic_id, wrapper.event, publisher)
+                    )
+                else:
+                    nack = ensign_pb2.Nack(id=wrapper.local_id, code=problem[0], error=problem[1])
+                    self.committer.submit(PendingReply(outbox, ensign_pb2.PublisherReply(nack=nack)))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            return
+        self.committer.submit(PendingReply(outbox, None))  # the client half-closed: finish
+
+    def _publish_problem(self, claims: Claims, wrapper: event_pb2.EventWrapper):
+        """Why this event cannot be stored, as ``(nack code, message)``, or None."""
+        topic = self.catalog.topic(wrapper.topic_id) if len(wrapper.topic_id) == 16 else None
+        if topic is None or topic.project_id != claims.project_id:
+            return NackCode.TOPIC_UNKNOWN, "topic unknown or not in this project"
+        if len(wrapper.event) > MAX_EVENT_SIZE:
+            return (
+                NackCode.MAX_EVENT_SIZE_EXCEEDED,
+                f"event is {len(wrapper.event)} bytes; the limit is {MAX_EVENT_SIZE}",
+            )
+        if not wrapper.event:
+            return NackCode.UNKNOWN, "event has no data"
+        return None
+
+    # Subscribe -----------------------------------------------------------------------
+
+    async def Subscribe(self, requests: AsyncIterator[ensign_pb2.SubscribeRequest], context):
+        claims = await self._authorize(context, "subscriber")
+        first = await _first(requests)
+        if first is None:
+            return
+        if not first.HasField("subscription"):
+            await context.abort(Code.INVALID_ARGUMENT, "the first message must be a subscription")
+        topics = self._match_topics(claims, first.subscription.topics)
+        if not topics:
+            await context.abort(Code.FAILED_PRECONDITION, "no topics available")
+        subscription = self.registry.register(t.id for t in topics)
+        reader = None
+        try:
+            yield ensign_pb2.SubscribeReply(
+                ready=ensign_pb2.StreamReady(
+                    client_id=first.subscription.client_id,
+                    server_id=self.server_id,
+                    topics={t.name: t.id for t in topics},
+                )
+            )
+            reader = asyncio.create_task(_drain(requests))
+            while batch := await subscription.next_batch():
+                for record in batch:
+                    yield event_reply(record.wrapper)
+        finally:
+            self.registry.unregister(subscription)
+            if reader is not None:
+                reader.cancel()
+
+    def _match_topics(self, claims: Claims, references) -> list[Topic]:
+        """The caller's topics named by each reference (a name or a ULID string)."""
+        matched: dict[bytes, Topic] = {}
+        for reference in references:
+            topic = self.catalog.topic_named(claims.project_id, reference)
+            if topic is None:
+                topic = self._own_topic(claims, reference)
+            if topic is not None:
+                matched[topic.id] = topic
+        return list(matched.values())
+
+    # Not yet implemented -------------------------------------------------------------
+
+    async def _unimplemented(self, request, context):
+        await context.abort(Code.UNIMPLEMENTED, "not implemented by local_ensign yet")
+
+    EnSQL = Explain = DeleteTopic = SetTopicPolicy = Info = _unimplemented
+
+
+def event_reply(wrapper: bytes) -> bytes:
+    """Encode ``SubscribeReply{event: wrapper}`` straight from stored wrapper bytes."""
+    return b"\x0a" + _varint(len(wrapper)) + wrapper
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _serialize(message) -> bytes:
+    """Serialize a reply, passing pre-encoded bytes through untouched."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def method_handlers(service: EnsignService) -> grpc.GenericRpcHandler:
+    """The generic handler that routes ``/ensign.v1beta1.Ensign/*`` to ``service``."""
+    unary, stream = grpc.unary_unary_rpc_method_handler, grpc.stream_stream_rpc_method_handler
+    table = {
+        "Publish": (stream, ensign_pb2.PublisherRequest),
+        "Subscribe": (stream, ensign_pb2.SubscribeRequest),
+        "EnSQL": (grpc.unary_stream_rpc_method_handler, query_pb2.Query),
+        "Explain": (unary, query_pb2.Query),
+        "ListTopics": (unary, ensign_pb2.PageInfo),
+        "CreateTopic": (unary, topic_pb2.Topic),
+        "RetrieveTopic": (unary, topic_pb2.Topic),
+        "DeleteTopic": (unary, topic_pb2.TopicMod),
+        "TopicNames": (unary, ensign_pb2.PageInfo),
+        "TopicExists": (unary, topic_pb2.TopicName),
+        "SetTopicPolicy": (unary, topic_pb2.TopicPolicy),
+        "Info": (unary, ensign_pb2.InfoRequest),
+        "Status": (unary, ensign_pb2.HealthCheck),
+    }
+    handlers = {
+        name: kind(getattr(service, name), request_deserializer=message.FromString,
+                   response_serializer=_serialize)
+        for name, (kind, message) in table.items()
+    }
+    return grpc.method_handlers_generic_handler("ensign.v1beta1.Ensign", handlers)
+
+
+async def _page(topics: list[Topic], request: ensign_pb2.PageInfo, context):
+    """Slice one page of topics; the token is the opaque start index of the next page."""
+    size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    start = 0
+    if request.next_page_token:
+        try:
+            start = int(base64.urlsafe_b64decode(request.next_page_token.encode()).decode())
+        except ValueError:
+            await context.abort(Code.INVALID_ARGUMENT, "invalid page token")
+    end = start + size
+    token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(topics) else ""
+    return topics[start:end], token
+
+
+async def _first(requests):
+    """The first message of a stream, or None if the client left without sending one."""
+    try:
+        return await requests.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _drain(requests) -> None:
+    """Read a subscriber's acks and nacks until the stream ends (nothing is redelivered)."""
+    try:
+        async for _ in requests:
+            pass
+    except (asyncio.CancelledError, grpc.aio.AioRpcError):
+        pass
+
+
+def _exists_query(request: topic_pb2.TopicName) -> str:
+    parts = []
+    if request.name:
+        parts.append(f'name="{request.name}"')
+    if request.topic_id:
+        parts.append(f'id="{request.topic_id}"')
+    return " AND ".join(parts)
+
+
+def _metadata(context, key: str) -> str:
+    return next((v for k, v in context.invocation_metadata() or () if k == key), "")
+
+
+def _peer_address(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` → ``127.0.0.1``."""
+    kind, _, rest = peer.partition(":")
+    return rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else peer
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp

@@ -1,0 +1,141 @@
+"""Signed JWTs in the shape Ensign's auth service (Quarterdeck) issues them.
+
+pyensign reads only ``exp`` from the access token and ``nbf``/``exp`` from the
+refresh token, but the gRPC service checks signature, expiry, audience, issuer and
+the ``project`` claim of every access token, as the real server does. The signing
+key lives in the data directory, so tokens stay valid across restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from ulid import ULID
+
+from .catalog import ApiKey
+from .ids import ulid_to_str
+
+ISSUER = "local-ensign"
+AUDIENCE = "local-ensign"
+REFRESH_AUDIENCE = f"{ISSUER}/v1/refresh"
+ALGORITHM = "HS256"
+ACCESS_TTL = 3600.0
+REFRESH_TTL = 7200.0
+REFRESH_LEAD = 900.0
+
+PERMISSIONS = (
+    "publisher",
+    "subscriber",
+    "topics:create",
+    "topics:read",
+    "topics:edit",
+    "topics:destroy",
+    "metrics:read",
+)
+
+
+class InvalidToken(Exception):
+    """The token is malformed, expired, signed with another key or meant for another use."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What an access token says about its bearer."""
+
+    key_id: str
+    project_id: bytes
+    permissions: frozenset[str]
+
+
+def load_signing_key(data_dir: Path) -> bytes:
+    """Read the data directory's signing key, creating it (readable by the owner only) once."""
+    path = Path(data_dir) / "signing.key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key.hex())
+        return key
+
+
+class TokenIssuer:
+    """Issues and verifies access/refresh token pairs with one HMAC key."""
+
+    def __init__(self, key: bytes, access_ttl: float = ACCESS_TTL) -> None:
+        self._key = key
+        self.access_ttl = access_ttl
+
+    def issue(self, api_key: ApiKey) -> tuple[str, str]:
+        """Return ``(access_token, refresh_token)`` for an authenticated API key."""
+        now = time.time()
+        access_exp = now + self.access_ttl
+        common = {
+            "sub": ulid_to_str(api_key.key_id),
+            "iss": ISSUER,
+            "iat": int(now),
+            "org": ulid_to_str(api_key.org_id),
+            "project": ulid_to_str(api_key.project_id),
+        }
+        access = {
+            **common,
+            "aud": [AUDIENCE],
+            "nbf": int(now),
+            "exp": int(access_exp),
+            "jti": str(ULID()),
+            "permissions": list(PERMISSIONS),
+            "account": "sandbox",
+            "client_id": api_key.client_id,
+        }
+        refresh = {
+            **common,
+            "aud": [AUDIENCE, REFRESH_AUDIENCE],
+            "nbf": int(access_exp - min(REFRESH_LEAD, self.access_ttl)),
+            "exp": int(now + max(REFRESH_TTL, 2 * self.access_ttl)),
+            "jti": str(ULID()),
+            "client_id": api_key.client_id,
+        }
+        return (
+            jwt.encode(access, self._key, algorithm=ALGORITHM),
+            jwt.encode(refresh, self._key, algorithm=ALGORITHM),
+        )
+
+    def verify_access(self, token: str) -> Claims:
+        """Check an access token and return its claims; raise InvalidToken if it fails."""
+        payload = self._decode(token, AUDIENCE)
+        try:
+            project_id = ULID.from_str(payload["project"]).bytes
+        except (KeyError, ValueError, TypeError) as err:
+            raise InvalidToken("the project claim is missing or not a ULID") from err
+        return Claims(
+            key_id=str(payload.get("sub", "")),
+            project_id=project_id,
+            permissions=frozenset(payload.get("permissions") or ()),
+        )
+
+    def verify_refresh(self, token: str) -> str:
+        """Check a refresh token and return the client id it was issued to."""
+        payload = self._decode(token, REFRESH_AUDIENCE)
+        client_id = payload.get("client_id")
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidToken("the refresh token names no client")
+        return client_id
+
+    def _decode(self, token: str, audience: str) -> dict:
+        try:
+            return jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=audience,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "nbf", "sub"]},
+            )
+        except jwt.PyJWTError as err:
+            raise InvalidToken(str(err)) from err
