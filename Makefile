@@ -1,0 +1,39 @@
+# Think Beyond the Batch — every command a newcomer needs. `make` lists them.
+# Each target is idempotent: run it again and it only does what is missing.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= .local_ensign
+
+.DEFAULT_GOAL := help
+.PHONY: help install server test lint unit clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (pyensign pins grpcio 1.59.0): set PYTHON=/path/to/python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the pinned packages (re-run when requirements change)
+
+server: $(STAMP) ## Run the local Ensign server in the foreground (Ctrl-C stops it)
+	$(BIN)/python -m local_ensign serve --data-dir $(DATA_DIR)
+
+lint: $(STAMP) ## Check the code with ruff
+	$(BIN)/ruff check .
+
+unit: $(STAMP) ## Run the test suite without notebooks
+	$(BIN)/python -m pytest --durations=10
+
+test: lint unit ## Run ruff and every test (what CI runs)
+
+clean: ## Remove the virtual environment, caches and the local server's data
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(DATA_DIR) *.egg-info

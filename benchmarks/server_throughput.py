@@ -1,0 +1,594 @@
+"""What durability costs: a durable local Ensign server against an in-memory one.
+
+Run it as ``python benchmarks/server_throughput.py [--events N] [--repeats R]``.
+
+One run starts two ``local_ensign`` servers, each in its own process: one with the
+durable SQLite store (WAL, group commit, fsync before every ack) and one that keeps
+events in memory only (same service code otherwise). Against each, with the real,
+unmodified ``pyensign`` client, it measures:
+
+1. publish throughput with acks (events/s): one client publishes N small JSON
+   events (review-like records of about 150 bytes) to a fresh topic; the timer runs
+   from the first ``publish()`` call to the last ack. The same run gives the
+   publish→ack latency *under load*, which is mostly the time an event waits in
+   queues (the client's, then the server's) behind the events published before it.
+2. publish→ack latency (p50, p99, ms) in a separate *paced* run: events are published
+   at a fixed rate well below saturation, each timed from its ``publish()`` call to
+   its ack; this is the latency a live application sees.
+3. subscribe delivery throughput (events/s): a subscriber (its own client, acking each
+   event) receives N events that another client publishes meanwhile; the timer runs
+   from the first measured event received to the Nth. The end-to-end figure (first
+   publish to Nth received) is printed too.
+
+Why a ratio: the Python client, not the server, is the bottleneck. Against a minimal
+server that does nothing but answer, pyensign reaches about 3,000 events/s published
+with acks and about 2,300 events/s delivered on the 2-core machine this was written
+on. Absolute numbers therefore say little about the server; the ratio durable /
+in-memory says what durability costs. The target is a ratio of at least 0.9 for both
+throughputs.
+
+Repeats alternate the stores (sqlite, memory, sqlite, memory, ...) so that drift in
+machine load affects both alike; the table shows the median of the repeats for the
+throughputs and percentiles over all repeats' samples for the latencies. Every wait is
+bounded: on a timeout the script says what had arrived and exits with status 1. It
+exits 0 otherwise, whatever the figures: it reports, it does not test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+import grpc
+from pyensign.ensign import Ensign
+from pyensign.events import Event
+
+from local_ensign.launcher import LaunchError, LocalEnsign
+
+STORES = ("sqlite", "memory")
+STORE_LABELS = {"sqlite": "durable (sqlite)", "memory": "in-memory"}
+TARGET_RATIO = 0.9
+WARMUP_MARK = b'{"warmup"'
+LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback", "Fatal")
+
+
+class BenchmarkError(RuntimeError):
+    """A measurement could not finish (a timeout, a nack, a dead server)."""
+
+
+# Events ------------------------------------------------------------------------------
+
+
+def review_record(seq: int) -> dict:
+    """A small review-like record (about 150 bytes of JSON); ``seq`` numbers it."""
+    return {
+        "seq": seq,
+        "product": f"B{seq * 7919 % 10**9:09d}",
+        "user": f"u{seq * 104729 % 10**6:06d}",
+        "rating": 1 + seq % 5,
+        "summary": "Works as described",
+        "text": "Arrived on time, sturdy, does the job; would buy again.",
+    }
+
+
+def make_events(count: int) -> list[Event]:
+    """``count`` numbered JSON events, built before any timer starts."""
+    return [
+        Event(json.dumps(review_record(seq)).encode("utf-8"), mimetype="application/json")
+        for seq in range(count)
+    ]
+
+
+def warmup_event(seq: int) -> Event:
+    """An event the subscriber recognises as warm-up and does not count."""
+    return Event(json.dumps({"warmup": seq}).encode("utf-8"), mimetype="application/json")
+
+
+# Bounded waiting ---------------------------------------------------------------------
+
+
+async def bounded(awaitable: Awaitable, seconds: float, what: str, status: Callable[[], str]) -> object:
+    """Await ``awaitable`` for at most ``seconds``; on a timeout raise BenchmarkError with ``status()``."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise BenchmarkError(f"timed out after {seconds:g}s {what}; {status()}") from None
+
+
+async def open_client(server: LocalEnsign, topic: str, timeout: float) -> Ensign:
+    """A new pyensign client for ``server``, with ``topic`` created."""
+    ensign = Ensign(**server.client_kwargs())
+    await bounded(ensign.ensure_topic_exists(topic), timeout, f"creating topic {topic}", lambda: "")
+    return ensign
+
+
+async def close_client(ensign: Ensign, timeout: float, role: str) -> None:
+    """Close a client, bounded: pyensign's close() waits for its streams to finish."""
+    await bounded(ensign.close(), timeout, f"closing the {role} client", lambda: "pyensign did not return")
+
+
+# Publishing with acks ------------------------------------------------------------------
+
+
+@dataclass
+class AckTracker:
+    """Publish and ack times of one publish stream, in order (the server acks in order)."""
+
+    events: list[Event]
+    sent: list[float] = field(default_factory=list)
+    acked: list[float] = field(default_factory=list)
+    out_of_order: int = 0
+    nacks: list[str] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    target: int = 0
+
+    async def on_ack(self, ack) -> None:
+        """Record the ack time and check that the ack is for the next event sent."""
+        index = len(self.acked)
+        self.acked.append(time.perf_counter())
+        if index >= len(self.events) or self.events[index].id != ack.id:
+            self.out_of_order += 1
+        self._check_done()
+
+    async def on_nack(self, nack) -> None:
+        """Record the nack; it ends the measurement as a failure."""
+        self.nacks.append(f"code {nack.code}: {nack.error}")
+        self.done.set()
+
+    def expect(self, count: int) -> None:
+        """Wait for acks up to ``count`` events in total (warm-up included)."""
+        self.target = count
+        self.done.clear()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if len(self.acked) >= self.target:
+            self.done.set()
+
+    def status(self) -> str:
+        """What has happened so far, for error messages."""
+        return f"{len(self.sent)} events published, {len(self.acked)} acked, {len(self.nacks)} nacked"
+
+    async def wait(self, timeout: float, what: str) -> None:
+        """Wait for the expected acks; raise on a timeout or a nack."""
+        await bounded(self.done.wait(), timeout, what, self.status)
+        if self.nacks:
+            raise BenchmarkError(f"the server nacked events ({self.status()}): {self.nacks[0]}")
+
+    def latencies_ms(self, start: int) -> list[float]:
+        """Publish→ack latency of each event from index ``start`` on."""
+        return [(a - s) * 1000 for s, a in zip(self.sent[start:], self.acked[start:], strict=True)]
+
+
+async def publish_one_by_one(
+    ensign: Ensign, topic: str, tracker: AckTracker, events: list[Event], pace: float | None = None
+) -> None:
+    """Publish ``events`` in order, recording each call time; with ``pace``, at that many per second."""
+    start = time.perf_counter()
+    for index, event in enumerate(events):
+        if pace:
+            delay = start + index / pace - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        tracker.events.append(event)
+        tracker.sent.append(time.perf_counter())
+        await ensign.publish(topic, event, on_ack=tracker.on_ack, on_nack=tracker.on_nack)
+
+
+async def open_publisher(ensign: Ensign, topic: str, timeout: float) -> AckTracker:
+    """Open the publish stream with one warm-up event and wait for its ack (outside any timer)."""
+    tracker = AckTracker(events=[])
+    await bounded(
+        publish_one_by_one(ensign, topic, tracker, [warmup_event(0)]),
+        timeout,
+        "opening the publish stream",
+        tracker.status,
+    )
+    tracker.expect(1)
+    await tracker.wait(timeout, "waiting for the warm-up ack")
+    return tracker
+
+
+@dataclass
+class PublishResult:
+    """Outcome of one publish run."""
+
+    events_per_s: float
+    latencies_ms: list[float]
+    out_of_order: int
+    longest_gap_ms: float  # longest wait between two consecutive acks: a stall shows here
+
+
+async def measure_publish(
+    server: LocalEnsign, count: int, timeout: float, pace: float | None = None
+) -> PublishResult:
+    """Publish ``count`` events to a fresh topic and time them until the last ack."""
+    topic = f"bench-publish-{time.time_ns()}"
+    ensign = await open_client(server, topic, timeout)
+    try:
+        tracker = await open_publisher(ensign, topic, timeout)
+        events = make_events(count)
+        first = len(tracker.sent)
+        tracker.expect(first + count)
+        await bounded(
+            publish_one_by_one(ensign, topic, tracker, events, pace), timeout, "publishing", tracker.status
+        )
+        await tracker.wait(timeout, "waiting for acks")
+        seconds = tracker.acked[-1] - tracker.sent[first]
+        return PublishResult(
+            count / seconds,
+            tracker.latencies_ms(first),
+            tracker.out_of_order,
+            longest_gap_ms(tracker.acked[first:]),
+        )
+    finally:
+        await close_client(ensign, timeout, "publishing")
+
+
+# Subscribing -----------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """What a subscriber has received: warm-up events and measured events."""
+
+    target: int
+    warmups: int = 0
+    payloads: list[bytes] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    warm: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def status(self) -> str:
+        """What has arrived so far, for error messages."""
+        return f"subscriber got {self.warmups} warm-up and {len(self.payloads)} of {self.target} events"
+
+
+async def consume(ensign: Ensign, topic: str, delivery: Delivery) -> None:
+    """Receive and ack events until ``delivery.target`` measured events have arrived."""
+    async for event in ensign.subscribe(topic):
+        received = time.perf_counter()
+        await event.ack()
+        if event.data.startswith(WARMUP_MARK):
+            delivery.warmups += 1
+            delivery.warm.set()
+            continue
+        delivery.times.append(received)
+        delivery.payloads.append(event.data)
+        if len(delivery.payloads) >= delivery.target:
+            delivery.done.set()
+            return
+
+
+async def wait_until_subscribed(
+    ensign: Ensign, topic: str, tracker: AckTracker, delivery: Delivery, timeout: float
+) -> None:
+    """Publish a warm-up event every 0.25 s until the subscriber receives one."""
+    deadline = time.monotonic() + timeout
+    while not delivery.warm.is_set():
+        if time.monotonic() > deadline:
+            raise BenchmarkError(
+                f"timed out after {timeout:g}s waiting for the subscription; {delivery.status()}"
+            )
+        await bounded(
+            publish_one_by_one(ensign, topic, tracker, [warmup_event(len(tracker.sent))]),
+            timeout,
+            "publishing a warm-up event",
+            tracker.status,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(delivery.warm.wait(), 0.25)
+
+
+def delivery_problems(payloads: list[bytes]) -> str:
+    """'' if the measured events arrived once each and in order, else what went wrong."""
+    seqs = [json.loads(payload)["seq"] for payload in payloads]
+    if seqs == list(range(len(seqs))):
+        return ""
+    duplicates = len(seqs) - len(set(seqs))
+    missing = len(set(range(len(seqs))) - set(seqs))
+    order = "kept" if seqs == sorted(seqs) else "broken"
+    return f"{duplicates} duplicates, {missing} missing, order {order}"
+
+
+@dataclass
+class DeliveryResult:
+    """Outcome of one subscribe run."""
+
+    events_per_s: float
+    end_to_end_per_s: float
+    longest_gap_ms: float  # longest wait between two consecutive deliveries
+    problems: str
+
+
+async def measure_delivery(server: LocalEnsign, count: int, timeout: float) -> DeliveryResult:
+    """Time the delivery of ``count`` events to a live subscriber while another client publishes them."""
+    topic = f"bench-deliver-{time.time_ns()}"
+    publisher = await open_client(server, topic, timeout)
+    subscriber = Ensign(**server.client_kwargs())
+    delivery = Delivery(target=count)
+    consuming = asyncio.create_task(consume(subscriber, topic, delivery), name="subscriber")
+    try:
+        tracker = await open_publisher(publisher, topic, timeout)
+        await wait_until_subscribed(publisher, topic, tracker, delivery, timeout)
+        events = make_events(count)
+        first = len(tracker.sent)
+        tracker.expect(first + count)
+        await bounded(
+            publish_one_by_one(publisher, topic, tracker, events),
+            timeout,
+            "publishing",
+            lambda: f"{tracker.status()}; {delivery.status()}",
+        )
+        await bounded(
+            _first_done(delivery.done, consuming),
+            timeout,
+            "waiting for delivery",
+            lambda: f"{tracker.status()}; {delivery.status()}",
+        )
+        if consuming.done() and not delivery.done.is_set():
+            raise BenchmarkError(
+                f"the subscription ended early ({consuming.exception()!r}); {delivery.status()}"
+            )
+        await tracker.wait(timeout, "waiting for the publisher's acks")
+        return DeliveryResult(
+            events_per_s=(count - 1) / (delivery.times[-1] - delivery.times[0]),
+            end_to_end_per_s=count / (delivery.times[-1] - tracker.sent[first]),
+            longest_gap_ms=longest_gap_ms(delivery.times),
+            problems=delivery_problems(delivery.payloads),
+        )
+    finally:
+        await stop_task(consuming, timeout)
+        await close_client(publisher, timeout, "publishing")
+        await close_client(subscriber, timeout, "subscribing")
+
+
+async def stop_task(task: asyncio.Task, timeout: float) -> None:
+    """Cancel ``task`` (if still running) and wait, bounded, until it has ended."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: a failure has already been reported another way
+
+
+async def _first_done(event: asyncio.Event, task: asyncio.Task) -> None:
+    """Return when ``event`` is set or ``task`` ends, whichever comes first."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+# One round against one server ------------------------------------------------------
+
+
+@dataclass
+class StoreFigures:
+    """Everything measured against one store, accumulated over the repeats."""
+
+    publish_per_s: list[float] = field(default_factory=list)
+    deliver_per_s: list[float] = field(default_factory=list)
+    end_to_end_per_s: list[float] = field(default_factory=list)
+    loaded_ms: list[float] = field(default_factory=list)
+    paced_ms: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+async def measure_store(server: LocalEnsign, args: argparse.Namespace, figures: StoreFigures) -> str:
+    """Run the three measurements against one server; add to ``figures``; return a progress line."""
+    loaded = await measure_publish(server, args.events, args.timeout)
+    paced = await measure_publish(server, args.latency_events, args.timeout, pace=args.latency_rate)
+    delivered = await measure_delivery(server, args.events, args.timeout)
+    if server.process is None or server.process.poll() is not None:
+        raise BenchmarkError(f"the {server.store} server died; its log ends with:\n{server.log_tail()}")
+    figures.publish_per_s.append(loaded.events_per_s)
+    figures.loaded_ms.extend(loaded.latencies_ms)
+    figures.paced_ms.extend(paced.latencies_ms)
+    figures.deliver_per_s.append(delivered.events_per_s)
+    figures.end_to_end_per_s.append(delivered.end_to_end_per_s)
+    for result, name in ((loaded, "loaded publish"), (paced, "paced publish")):
+        if result.out_of_order:
+            figures.notes.append(f"{name}: {result.out_of_order} acks not in publish order")
+    if delivered.problems:
+        figures.notes.append(f"delivery: {delivered.problems}")
+    return (
+        f"publish {loaded.events_per_s:6,.0f}/s (longest gap {loaded.longest_gap_ms:4.0f} ms)"
+        f"  deliver {delivered.events_per_s:6,.0f}/s (longest gap {delivered.longest_gap_ms:4.0f} ms)"
+        f"  paced p50 {percentile(paced.latencies_ms, 50):5.2f} ms"
+    )
+
+
+async def run_rounds(servers: dict[str, LocalEnsign], args: argparse.Namespace) -> dict[str, StoreFigures]:
+    """All repeats, alternating the stores (sqlite, memory, sqlite, memory, ...)."""
+    figures = {store: StoreFigures() for store in STORES}
+    for repeat in range(1, args.repeats + 1):
+        for store in STORES:
+            started = time.perf_counter()
+            line = await measure_store(servers[store], args, figures[store])
+            took = time.perf_counter() - started
+            print(f"  repeat {repeat}/{args.repeats} {store:6}  {line}  ({took:4.1f} s)", flush=True)
+    return figures
+
+
+# Report --------------------------------------------------------------------------------
+
+
+def longest_gap_ms(times: list[float]) -> float:
+    """The longest interval between consecutive instants, in milliseconds."""
+    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0) * 1000
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The ``pct``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def print_header(args: argparse.Namespace) -> None:
+    """Machine and versions, so runs on different machines are not compared blindly."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print("local_ensign server throughput: durable (sqlite) vs in-memory store")
+    print(
+        f"machine: {os.cpu_count()} cores ({usable} usable), {platform.machine()}, "
+        f"Python {platform.python_version()}, pyensign {version('pyensign')}, grpcio {grpc.__version__}"
+    )
+    print(
+        f"events per throughput run: {args.events:,}; repeats: {args.repeats} (stores alternate); "
+        f"paced latency run: {args.latency_events:,} events at {args.latency_rate:g}/s",
+    )
+    print(f"load average at the start: {load_average()}\n", flush=True)
+
+
+def print_table(figures: dict[str, StoreFigures], args: argparse.Namespace) -> None:
+    """The summary table: per store the figures, the ratio durable/in-memory and the verdicts."""
+    durable, memory = figures["sqlite"], figures["memory"]
+    rows: list[tuple[str, float, float, bool]] = [
+        (
+            "publish with acks, events/s (first publish → last ack)",
+            statistics.median(durable.publish_per_s),
+            statistics.median(memory.publish_per_s),
+            True,
+        ),
+        (
+            "subscribe delivery, events/s (first → Nth received)",
+            statistics.median(durable.deliver_per_s),
+            statistics.median(memory.deliver_per_s),
+            True,
+        ),
+        (
+            "  end to end, events/s (first publish → Nth received)",
+            statistics.median(durable.end_to_end_per_s),
+            statistics.median(memory.end_to_end_per_s),
+            False,
+        ),
+    ]
+    for label, samples in ((f"paced {args.latency_rate:g}/s", "paced_ms"), ("under load", "loaded_ms")):
+        for pct in (50, 99):
+            rows.append(
+                (
+                    f"publish→ack latency p{pct}, ms ({label})",
+                    percentile(getattr(durable, samples), pct),
+                    percentile(getattr(memory, samples), pct),
+                    False,
+                )
+            )
+    width = max(len(row[0]) for row in rows)
+    print(
+        f"\n{'median of ' + str(args.repeats) + ' repeats':<{width}}  {'durable':>9}  {'in-memory':>9}"
+        f"  {'ratio':>5}  verdict (target ratio ≥ {TARGET_RATIO})"
+    )
+    for label, durable_value, memory_value, has_target in rows:
+        ratio = durable_value / memory_value if memory_value else float("nan")
+        verdict = ("PASS" if ratio >= TARGET_RATIO else "below target") if has_target else ""
+        print(f"{label:<{width}}  {durable_value:9,.2f}  {memory_value:9,.2f}  {ratio:5.3f}  {verdict}")
+    print(
+        "latencies: percentiles over all repeats' events; the paced run publishes one event at a time "
+        "at a fixed rate; the loaded one is the throughput run (time queued in client and server included)"
+    )
+    for store, store_figures in figures.items():
+        spread = ", ".join(f"{v:,.0f}" for v in store_figures.publish_per_s)
+        deliver = ", ".join(f"{v:,.0f}" for v in store_figures.deliver_per_s)
+        print(f"per repeat, {STORE_LABELS[store]}: publish {spread}; deliver {deliver}")
+        for note in store_figures.notes:
+            print(f"  anomaly ({STORE_LABELS[store]}): {note}")
+
+
+def stop_and_report(server: LocalEnsign) -> None:
+    """Stop a server, print its exit status and the warnings and errors it logged, remove its files."""
+    process = server.process
+    server.stop()
+    status = "not running" if process is None else f"exit status {process.returncode}"
+    try:
+        lines = server.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    problems = [line for line in lines if any(word in line for word in LOG_PROBLEMS)]
+    print(
+        f"server ({server.store}): stopped with {status}; log {len(lines)} lines, "
+        f"{len(problems)} with warnings/errors"
+    )
+    for line in problems[:10]:
+        print(f"  {line}")
+    server.cleanup()
+
+
+def error_chain(err: BaseException) -> list[str]:
+    """The messages of ``err`` and of the benchmark errors it interrupted, oldest first."""
+    messages: list[str] = []
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, BenchmarkError):
+            messages.insert(0, str(current))
+        current = current.__context__
+    return messages
+
+
+# Main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; the defaults keep a run under about two minutes on 2 cores."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=5000, help="events per throughput run (default 5000)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per store (default 3)")
+    parser.add_argument(
+        "--latency-events", type=int, default=500, help="events in the paced latency run (default 500)"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=250.0, help="events/s in the paced latency run (default 250)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="limit for each wait, in seconds (default 60)"
+    )
+    args = parser.parse_args(argv)
+    if min(args.events, args.latency_events) < 2 or args.repeats < 1:
+        parser.error("--events and --latency-events must be at least 2, --repeats at least 1")
+    if args.latency_rate <= 0 or args.timeout <= 0:
+        parser.error("--latency-rate and --timeout must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start both servers, run the rounds, print the table; 1 if a measurement failed."""
+    args = parse_args(argv)
+    print_header(args)
+    servers: dict[str, LocalEnsign] = {}
+    try:
+        for store in STORES:
+            servers[store] = LocalEnsign(store=store).start()
+        figures = asyncio.run(run_rounds(servers, args))
+        print_table(figures, args)
+        return 0
+    except LaunchError as err:
+        print(f"\nFAILED: {err}", flush=True)
+        return 1
+    except BenchmarkError as err:
+        for message in error_chain(err):
+            print(f"\nFAILED: {message}", flush=True)
+        return 1
+    finally:
+        print(f"load average at the end: {load_average()}")
+        for server in servers.values():
+            stop_and_report(server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

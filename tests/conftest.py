@@ -1,0 +1,96 @@
+"""Shared fixtures: a real local_ensign server in a subprocess, and real pyensign clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+import pytest
+from pyensign.api.v1beta1 import event_pb2
+from pyensign.ensign import Ensign
+from pyensign.events import Event
+
+from local_ensign.eventlog import SQLiteEventLog
+from local_ensign.ids import ZERO_RLID, parse_ulid
+from local_ensign.launcher import LocalEnsign
+
+
+def run(coroutine: Coroutine, timeout: float = 120.0):
+    """Run an async test body with a bound, so a broken server fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """One durable server per test module, on free ports, in a temporary data directory."""
+    instance = LocalEnsign(tmp_path_factory.mktemp("ensign"), project="tests").start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def new_client(server: LocalEnsign) -> Callable[..., Ensign]:
+    """Make fresh pyensign clients for ``server`` (the key of project 'tests' unless given one)."""
+
+    def make(credentials: dict[str, str] | None = None) -> Ensign:
+        return Ensign(**server.client_kwargs(credentials))
+
+    return make
+
+
+async def close_client(client: Ensign, timeout: float = 5.0) -> None:
+    """Close a client even if one of its subscriptions stalled with a full buffer.
+
+    pyensign 0.12.1b0's ``close()`` waits for every stream task, and a subscription
+    whose 100-event buffer is full (its reader stopped iterating) never finishes, so
+    ``close()`` would wait forever. Timing out cancels those tasks; a second
+    ``close()`` then closes the channel.
+    """
+    try:
+        await asyncio.wait_for(client.close(), timeout)
+    except asyncio.TimeoutError:
+        await asyncio.wait_for(client.close(), timeout)
+
+
+def json_event(record: dict) -> Event:
+    """A JSON event, as the lessons publish them."""
+    return Event(json.dumps(record).encode("utf-8"), mimetype="application/json")
+
+
+class AckCounter:
+    """Async on_ack/on_nack handlers (pyensign awaits them) that count and keep what they get."""
+
+    def __init__(self) -> None:
+        self.acks: list = []
+        self.nacks: list = []
+
+    async def on_ack(self, ack) -> None:
+        self.acks.append(ack)
+
+    async def on_nack(self, nack) -> None:
+        self.nacks.append(nack)
+
+    async def wait_for(self, total: int, timeout: float = 60.0) -> None:
+        """Wait until ``total`` acks and nacks have arrived (fail after ``timeout``)."""
+        async def settled() -> None:
+            while len(self.acks) + len(self.nacks) < total:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(settled(), timeout)
+
+
+def stored_records(data_dir: Path, topic_id: str) -> list[dict]:
+    """Every stored event of a topic, read straight from the durable event log, in log order."""
+    log = SQLiteEventLog(data_dir)
+    try:
+        records = log.read_after([parse_ulid(topic_id)], ZERO_RLID, 10**9)
+    finally:
+        log.close()
+    out = []
+    for record in records:
+        wrapper = event_pb2.EventWrapper.FromString(record.wrapper)
+        event = event_pb2.Event.FromString(wrapper.event)
+        out.append({"rlid": record.rlid, "offset": wrapper.offset, "data": json.loads(event.data)})
+    return out
