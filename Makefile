@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= .local_ensign
 
 .DEFAULT_GOAL := help
-.PHONY: help install server test lint unit clean
+.PHONY: help install data server test lint unit clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,13 +24,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv with the pinned packages (re-run when requirements change)
 
+data: $(STAMP) ## Fetch the human-rated corpora into data/ and verify their checksums
+	$(BIN)/python data/fetch.py
+
 server: $(STAMP) ## Run the local Ensign server in the foreground (Ctrl-C stops it)
 	$(BIN)/python -m local_ensign serve --data-dir $(DATA_DIR)
 
 lint: $(STAMP) ## Check the code with ruff
 	$(BIN)/ruff check .
 
-unit: $(STAMP) ## Run the test suite without notebooks
+unit: data ## Run the test suite without notebooks
 	$(BIN)/python -m pytest --durations=10
 
 test: lint unit ## Run ruff and every test (what CI runs)

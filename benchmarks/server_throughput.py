@@ -404,8 +404,8 @@ async def measure_store(server: LocalEnsign, args: argparse.Namespace, figures: 
     if delivered.problems:
         figures.notes.append(f"delivery: {delivered.problems}")
     return (
-        f"publish {loaded.events_per_s:6,.0f}/s (longest gap {loaded.longest_gap_ms:4.0f} ms)"
-        f"  deliver {delivered.events_per_s:6,.0f}/s (longest gap {delivered.longest_gap_ms:4.0f} ms)"
+        f"publish {loaded.events_per_s:6,.0f}/s (max gap {loaded.longest_gap_ms:3.0f} ms)"
+        f"  deliver {delivered.events_per_s:6,.0f}/s (max gap {delivered.longest_gap_ms:3.0f} ms)"
         f"  paced p50 {percentile(paced.latencies_ms, 50):5.2f} ms"
     )
 
@@ -503,6 +503,7 @@ def print_table(figures: dict[str, StoreFigures], args: argparse.Namespace) -> N
         "latencies: percentiles over all repeats' events; the paced run publishes one event at a time "
         "at a fixed rate; the loaded one is the throughput run (time queued in client and server included)"
     )
+    print("max gap (progress lines): the longest wait between two consecutive acks or deliveries, a stall")
     for store, store_figures in figures.items():
         spread = ", ".join(f"{v:,.0f}" for v in store_figures.publish_per_s)
         deliver = ", ".join(f"{v:,.0f}" for v in store_figures.deliver_per_s)

@@ -33,9 +33,7 @@ class AuthEndpoint:
         handler = type("Handler", (_AuthHandler,), {"catalog": catalog, "issuer": issuer})
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="auth-endpoint", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="auth-endpoint", daemon=True)
 
     @property
     def port(self) -> int:

@@ -166,8 +166,7 @@ class Catalog:
             topic = Topic(new_ulid(), project_id, name, now, now)
             try:
                 self._db.execute(
-                    "INSERT INTO topics (id, project_id, name, created, modified)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO topics (id, project_id, name, created, modified) VALUES (?, ?, ?, ?, ?)",
                     (topic.id, topic.project_id, topic.name, topic.created, topic.modified),
                 )
             except sqlite3.IntegrityError:

@@ -63,23 +63,55 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the server in the foreground")
     run.add_argument("--data-dir", type=Path, default=None, help=data_help)
     run.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default %(default)s)")
-    run.add_argument("--port", type=_port, default=DEFAULT_PORT, help="gRPC port (default %(default)s; 0 picks a free one)")
-    run.add_argument("--auth-port", type=_port, default=DEFAULT_AUTH_PORT, help="auth endpoint port (default %(default)s; 0 picks a free one)")
-    run.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="where events live: durable SQLite (default) or memory only")
-    run.add_argument("--access-ttl", type=_positive, default=None, metavar="SECONDS", help="access token lifetime (default one hour)")
-    run.add_argument("--exit-with-parent", action="store_true", help="stop when standard input closes (used by the launcher)")
+    run.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="gRPC port (default %(default)s; 0 picks a free one)"
+    )
+    run.add_argument(
+        "--auth-port",
+        type=_port,
+        default=DEFAULT_AUTH_PORT,
+        help="auth endpoint port (default %(default)s; 0 picks a free one)",
+    )
+    run.add_argument(
+        "--store",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="where events live: durable SQLite (default) or memory only",
+    )
+    run.add_argument(
+        "--access-ttl",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="access token lifetime (default one hour)",
+    )
+    run.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when standard input closes (used by the launcher)",
+    )
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True, parser_class=_OneLineParser)
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True, parser_class=_OneLineParser
+    )
     create = keys.add_parser("create", help="create an API key for a project (made if new)")
     create.add_argument("--data-dir", type=Path, default=None, help=data_help)
     create.add_argument("--project", required=True, help="project name")
-    create.add_argument("--out", type=Path, default=None, help="write the key file here (mode 600) instead of printing it")
+    create.add_argument(
+        "--out", type=Path, default=None, help="write the key file here (mode 600) instead of printing it"
+    )
 
     status = commands.add_parser("status", help="ask a running server whether it is healthy")
     status.add_argument("--data-dir", type=Path, default=None, help=data_help)
-    status.add_argument("--endpoint", default=None, help="host:port to ask (default: the data directory's server, else 127.0.0.1:5356)")
-    status.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait (default %(default)s)")
+    status.add_argument(
+        "--endpoint",
+        default=None,
+        help="host:port to ask (default: the data directory's server, else 127.0.0.1:5356)",
+    )
+    status.add_argument(
+        "--timeout", type=_positive, default=5.0, help="seconds to wait (default %(default)s)"
+    )
     return parser
 
 

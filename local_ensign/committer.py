@@ -126,4 +126,3 @@ class Committer:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import sqlite3
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -81,8 +80,7 @@ class SQLiteEventLog:
     def read_after(self, topic_ids: list[bytes], after: bytes, limit: int) -> list[Record]:
         """Up to ``limit`` records of these topics with an RLID above ``after``, in order."""
         query = (
-            "SELECT topic_id, rlid, wrapper FROM events"
-            " WHERE topic_id = ? AND rlid > ? ORDER BY rlid LIMIT ?"
+            "SELECT topic_id, rlid, wrapper FROM events WHERE topic_id = ? AND rlid > ? ORDER BY rlid LIMIT ?"
         )
         runs = [
             [Record(*row) for row in self._reader.execute(query, (topic_id, after, limit))]

@@ -61,21 +61,34 @@ class LocalEnsign:
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir / "server.log"
 
-    def start(self, timeout: float = 30.0) -> "LocalEnsign":
+    def start(self, timeout: float = 30.0) -> LocalEnsign:
         """Start the child and wait until it accepts connections; keep its ports for restarts."""
         if self.process is not None and self.process.poll() is None:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "local_ensign", "serve", "--exit-with-parent",
-            "--data-dir", str(self.data_dir), "--store", self.store,
-            "--port", str(self.port), "--auth-port", str(self.auth_port),
+            sys.executable,
+            "-m",
+            "local_ensign",
+            "serve",
+            "--exit-with-parent",
+            "--data-dir",
+            str(self.data_dir),
+            "--store",
+            self.store,
+            "--port",
+            str(self.port),
+            "--auth-port",
+            str(self.auth_port),
         ]
         if self.access_ttl:
             command += ["--access-ttl", str(self.access_ttl)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         line = self._read_ready_line(timeout)
@@ -133,7 +146,7 @@ class LocalEnsign:
         """Kill the server with SIGKILL, as a crash would (data directory kept)."""
         self._terminate(signal.SIGKILL)
 
-    def restart(self, timeout: float = 30.0) -> "LocalEnsign":
+    def restart(self, timeout: float = 30.0) -> LocalEnsign:
         """Start again on the same ports and data directory after a stop or a kill."""
         self.stop()
         return self.start(timeout)
@@ -166,7 +179,7 @@ class LocalEnsign:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "LocalEnsign":
+    def __enter__(self) -> LocalEnsign:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -85,7 +85,7 @@ def read_state(data_dir: Path) -> dict | None:
 
 def _lock_data_dir(data_dir: Path, stack: ExitStack) -> None:
     """Make sure only one server writes to a data directory at a time."""
-    handle = stack.enter_context(open(data_dir / "server.lock", "a+"))
+    handle = stack.enter_context(open(data_dir / "server.lock", "a+"))  # noqa: SIM115 (held until exit)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

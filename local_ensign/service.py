@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -42,8 +42,12 @@ class EnsignService:
     """Handlers for ``ensign.v1beta1.Ensign``; register them with ``method_handlers``."""
 
     def __init__(
-        self, catalog: Catalog, committer: Committer, registry: SubscriptionRegistry,
-        issuer: TokenIssuer, server_id: str,
+        self,
+        catalog: Catalog,
+        committer: Committer,
+        registry: SubscriptionRegistry,
+        issuer: TokenIssuer,
+        server_id: str,
     ) -> None:
         self.catalog = catalog
         self.committer = committer
@@ -116,9 +120,7 @@ class EnsignService:
         claims = await self._authorize(context, "topics:read", "publisher", "subscriber")
         page, token = await _page(self.catalog.topics(claims.project_id), request, context)
         names = [
-            topic_pb2.TopicName(
-                topic_id=ulid_to_str(t.id), project_id=ulid_to_str(t.project_id), name=t.name
-            )
+            topic_pb2.TopicName(topic_id=ulid_to_str(t.id), project_id=ulid_to_str(t.project_id), name=t.name)
             for t in page
         ]
         return topic_pb2.TopicNamesPage(topic_names=names, next_page_token=token)
@@ -331,8 +333,9 @@ def method_handlers(service: EnsignService) -> grpc.GenericRpcHandler:
         "Status": (unary, ensign_pb2.HealthCheck),
     }
     handlers = {
-        name: kind(getattr(service, name), request_deserializer=message.FromString,
-                   response_serializer=_serialize)
+        name: kind(
+            getattr(service, name), request_deserializer=message.FromString, response_serializer=_serialize
+        )
         for name, (kind, message) in table.items()
     }
     return grpc.method_handlers_generic_handler("ensign.v1beta1.Ensign", handlers)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from .eventlog import EventLog, Record
 

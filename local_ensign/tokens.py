@@ -109,6 +109,8 @@ class TokenIssuer:
     def verify_access(self, token: str) -> Claims:
         """Check an access token and return its claims; raise InvalidToken if it fails."""
         payload = self._decode(token, AUDIENCE)
+        if REFRESH_AUDIENCE in payload.get("aud", ()):
+            raise InvalidToken("a refresh token cannot be used as an access token")
         try:
             project_id = ULID.from_str(payload["project"]).bytes
         except (KeyError, ValueError, TypeError) as err:

@@ -50,7 +50,7 @@ async def close_client(client: Ensign, timeout: float = 5.0) -> None:
     """
     try:
         await asyncio.wait_for(client.close(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await asyncio.wait_for(client.close(), timeout)
 
 
@@ -74,6 +74,7 @@ class AckCounter:
 
     async def wait_for(self, total: int, timeout: float = 60.0) -> None:
         """Wait until ``total`` acks and nacks have arrived (fail after ``timeout``)."""
+
         async def settled() -> None:
             while len(self.acks) + len(self.nacks) < total:
                 await asyncio.sleep(0.01)

@@ -45,7 +45,9 @@ def test_5000_json_events_are_all_acked_and_stored_in_order(server, new_client):
         topic_id = await client.ensure_topic_exists("five-thousand")
         counter = AckCounter()
         for i in range(total):
-            await client.publish("five-thousand", json_event({"seq": i}), on_ack=counter.on_ack, on_nack=counter.on_nack)
+            await client.publish(
+                "five-thousand", json_event({"seq": i}), on_ack=counter.on_ack, on_nack=counter.on_nack
+            )
         await counter.wait_for(total)
         await client.close()
         return topic_id, counter
@@ -71,7 +73,9 @@ def test_subscriber_opened_first_receives_later_events_in_order(new_client):
         received: list = []
         task = await open_subscriber(subscriber, "live-tail", 5, received)
         for i in range(5):
-            await publisher.publish("live-tail", json_event({"seq": i, "text": f"review {i}"}), on_ack=counter.on_ack)
+            await publisher.publish(
+                "live-tail", json_event({"seq": i, "text": f"review {i}"}), on_ack=counter.on_ack
+            )
         await asyncio.wait_for(task, 20)
         await counter.wait_for(6)
         await publisher.close()
