@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where events live: durable SQLite (default) or memory only",
     )
     run.add_argument(
+        "--sync",
+        choices=("full", "normal"),
+        default="full",
+        help="full: fsync every commit (default); normal: survive a killed server, not a power cut",
+    )
+    run.add_argument(
         "--access-ttl",
         type=_positive,
         default=None,
@@ -142,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         auth_port=args.auth_port,
         store=args.store,
+        sync=args.sync,
         exit_with_parent=args.exit_with_parent,
     )
     if args.access_ttl:

@@ -3,8 +3,9 @@
 Two interchangeable implementations share one small interface:
 
 * ``SQLiteEventLog`` — the durable default. One SQLite file in WAL mode; a batch of
-  events is one transaction, fsynced before ``append`` returns, so an acked event
-  survives ``kill -9`` and power loss alike.
+  events is one transaction, committed before ``append`` returns, so an acked event
+  survives ``kill -9``; with ``sync="full"`` (the default) each commit is also
+  fsynced, so it survives power loss too.
 * ``MemoryEventLog`` — the same interface over Python lists, for measuring what
   durability costs (``benchmarks/server_throughput.py``) and for throwaway servers.
 
@@ -41,7 +42,7 @@ class Record(NamedTuple):
 class EventLog(Protocol):
     """What the service needs from an event log."""
 
-    blocking: bool  # True if append does I/O and should run off the event loop
+    durable: bool  # True if append writes to disk (the committer then paces its commits)
 
     def append(self, records: list[Record]) -> None: ...
 
@@ -58,11 +59,11 @@ class SQLiteEventLog:
     """Durable event log in ``<data_dir>/events.sqlite3``."""
 
     FILENAME = "events.sqlite3"
-    blocking = True
+    durable = True
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, sync: str = "full") -> None:
         path = Path(data_dir) / self.FILENAME
-        self._writer = connect(path)
+        self._writer = connect(path, sync)
         self._writer.executescript(_SCHEMA)
         self._reader = connect(path)
 
@@ -106,7 +107,7 @@ class SQLiteEventLog:
 class MemoryEventLog:
     """Event log held in memory only: lost when the process ends."""
 
-    blocking = False
+    durable = False
 
     def __init__(self) -> None:
         self._rlids: dict[bytes, list[bytes]] = {}

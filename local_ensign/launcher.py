@@ -44,6 +44,7 @@ class LocalEnsign:
         *,
         project: str = "local",
         store: str = "sqlite",
+        sync: str = "full",
         access_ttl: float | None = None,
         port: int = 0,
         auth_port: int = 0,
@@ -52,6 +53,7 @@ class LocalEnsign:
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="local-ensign-"))
         self.project = project
         self.store = store
+        self.sync = sync
         self.access_ttl = access_ttl
         self.port = port
         self.auth_port = auth_port
@@ -76,6 +78,8 @@ class LocalEnsign:
             str(self.data_dir),
             "--store",
             self.store,
+            "--sync",
+            self.sync,
             "--port",
             str(self.port),
             "--auth-port",

@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     auth_port: int = DEFAULT_AUTH_PORT
     store: str = "sqlite"  # or "memory": events are kept in memory only
+    sync: str = "full"  # or "normal": commits reach the file but are fsynced only at checkpoints
     access_ttl: float = ACCESS_TTL
     exit_with_parent: bool = False  # stop when standard input closes
 
@@ -112,12 +112,11 @@ async def serve(config: ServerConfig) -> None:
         _check_port_free(config.host, config.auth_port)
         catalog = Catalog(data_dir)
         stack.callback(catalog.close)
-        event_log = MemoryEventLog() if config.store == "memory" else SQLiteEventLog(data_dir)
+        event_log = MemoryEventLog() if config.store == "memory" else SQLiteEventLog(data_dir, config.sync)
         stack.callback(event_log.close)
         issuer = TokenIssuer(load_signing_key(data_dir), access_ttl=config.access_ttl)
         registry = SubscriptionRegistry(event_log)
         committer = Committer(event_log, registry)
-        stack.callback(committer.close)
         service = EnsignService(catalog, committer, registry, issuer, server_id=f"local-{os.getpid()}")
 
         grpc_server = grpc.aio.server(
@@ -173,11 +172,13 @@ async def _wait_for_stop(exit_with_parent: bool) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     if exit_with_parent:
+        # The launcher holds our stdin pipe open; it closes when the launcher exits.
+        stdin = sys.stdin.fileno()
 
-        def watch_stdin() -> None:
-            while sys.stdin.buffer.read(1):
-                pass
-            loop.call_soon_threadsafe(stop.set)
+        def on_stdin() -> None:
+            if not os.read(stdin, 4096):
+                loop.remove_reader(stdin)
+                stop.set()
 
-        threading.Thread(target=watch_stdin, name="parent-watch", daemon=True).start()
+        loop.add_reader(stdin, on_stdin)
     await stop.wait()

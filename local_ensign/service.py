@@ -258,6 +258,7 @@ class EnsignService:
         if not topics:
             await context.abort(Code.FAILED_PRECONDITION, "no topics available")
         subscription = self.registry.register(t.id for t in topics)
+        log.info("subscription opened on %s (%d open)", ", ".join(t.name for t in topics), len(self.registry))
         reader = None
         try:
             yield ensign_pb2.SubscribeReply(
@@ -273,6 +274,7 @@ class EnsignService:
                     yield event_reply(record.wrapper)
         finally:
             self.registry.unregister(subscription)
+            log.info("subscription closed (%d open)", len(self.registry))
             if reader is not None:
                 reader.cancel()
 

@@ -160,3 +160,11 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_launcher_stop_shuts_the_server_down_cleanly(tmp_path):
+    server = LocalEnsign(tmp_path).start()
+    process = server.process
+    server.stop()
+    assert process.returncode == 0, server.log_tail()
+    assert "Fatal" not in server.log_path.read_text()
