@@ -24,11 +24,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc
+
 from .catalog import Catalog
 from .credentials import create_api_key
-from .server import READY_PREFIX
+from .server import READY_PREFIX, read_state
 
 _READY = re.compile(r"gRPC at (?P<endpoint>\S+), auth at (?P<auth_url>\S+),")
+
+
+def running_server(data_dir: str | Path, timeout: float = 2.0) -> dict | None:
+    """Where the server using ``data_dir`` listens, if one runs and answers ``Status``."""
+    state = read_state(Path(data_dir))
+    if not state:
+        return None
+    with grpc.insecure_channel(state["endpoint"]) as channel:
+        try:
+            ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+    return state
 
 
 class LaunchError(RuntimeError):
