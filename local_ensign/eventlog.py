@@ -42,8 +42,6 @@ class Record(NamedTuple):
 class EventLog(Protocol):
     """What the service needs from an event log."""
 
-    durable: bool  # True if append writes to disk (the committer then paces its commits)
-
     def append(self, records: list[Record]) -> None: ...
 
     def read_after(self, topic_ids: list[bytes], after: bytes, limit: int) -> list[Record]: ...
@@ -59,7 +57,6 @@ class SQLiteEventLog:
     """Durable event log in ``<data_dir>/events.sqlite3``."""
 
     FILENAME = "events.sqlite3"
-    durable = True
 
     def __init__(self, data_dir: Path, sync: str = "full") -> None:
         path = Path(data_dir) / self.FILENAME
@@ -107,7 +104,6 @@ class SQLiteEventLog:
 class MemoryEventLog:
     """Event log held in memory only: lost when the process ends."""
 
-    durable = False
 
     def __init__(self) -> None:
         self._rlids: dict[bytes, list[bytes]] = {}
