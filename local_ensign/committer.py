@@ -85,9 +85,9 @@ class Committer:
             last_start = loop.time()
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            self._commit(batch)
 
-    async def _commit(self, batch: list[PendingEvent | PendingReply]) -> None:
+    def _commit(self, batch: list[PendingEvent | PendingReply]) -> None:
         committed = Timestamp()
         committed.GetCurrentTime()
         records: list[Record] = []
