@@ -18,9 +18,10 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyensign.ensign import Ensign
 from pyensign.events import Event
@@ -73,14 +74,18 @@ async def publish_records(
     report = PublishReport()
     for record in records:
         event = record if isinstance(record, Event) else json_event(record)
-        await asyncio.wait_for(
-            ensign.publish(topic, event, on_ack=on_ack, on_nack=on_nack),
-            max(deadline - time.perf_counter(), 0.001),
-        )
+        try:
+            await asyncio.wait_for(
+                ensign.publish(topic, event, on_ack=on_ack, on_nack=on_nack),
+                max(deadline - time.perf_counter(), 0.001),
+            )
+        except TimeoutError:  # the client's queue stayed full: the server is not answering
+            report.timed_out = True
+            break
         events.append(event)
     report.published = len(events)
     settled = 0
-    while settled < len(events):
+    while settled < len(events) and not report.timed_out:
         while settled < len(events) and (events[settled].acked() or events[settled].nacked()):
             settled += 1
         if progress:
@@ -106,6 +111,29 @@ class ConsumeReport:
     seconds: float = 0.0
 
 
+@dataclass
+class _Subscription:
+    """One client's subscription to one topic, kept open between ``consume`` calls."""
+
+    events: AsyncIterator[Event]
+    waiting: asyncio.Task | None = None  # a read that outlived an idle timeout
+
+
+_subscriptions: WeakKeyDictionary[Ensign, dict[str, _Subscription]] = WeakKeyDictionary()
+
+
+def _subscription(ensign: Ensign, topic: str) -> _Subscription:
+    """The client's open subscription to ``topic``, opened on first use.
+
+    Reusing it keeps one stream per client and topic: with pyensign 0.12.1b0, a second
+    ``subscribe()`` may open a second stream, and one left unread stalls ``close()``.
+    """
+    per_client = _subscriptions.setdefault(ensign, {})
+    if topic not in per_client:
+        per_client[topic] = _Subscription(ensign.subscribe(topic).__aiter__())
+    return per_client[topic]
+
+
 async def consume(
     ensign: Ensign,
     topic: str,
@@ -117,17 +145,24 @@ async def consume(
     """Feed each event of ``topic`` to ``handler`` (sync or async) until a bound is reached.
 
     The handler acks or nacks the event itself. The subscription is live: it sees
-    events committed after it opened (see :func:`wait_until_subscribed`).
+    events committed after it opened (see :func:`wait_until_subscribed`). It stays
+    open after this returns, so a later call on the same client carries on where this
+    one stopped; a read still waiting at an idle timeout is kept for that next call
+    rather than cancelled (cancelling it would lose the event it then receives).
     """
     report = ConsumeReport()
     start = time.perf_counter()
-    events = ensign.subscribe(topic).__aiter__()
+    subscription = _subscription(ensign, topic)
     while max_events is None or report.events < max_events:
-        try:
-            event = await asyncio.wait_for(events.__anext__(), idle_timeout)
-        except TimeoutError:
+        if subscription.waiting is None:
+            subscription.waiting = asyncio.ensure_future(subscription.events.__anext__())
+        done, _ = await asyncio.wait({subscription.waiting}, timeout=idle_timeout)
+        if not done:
             report.reason = "idle"
             break
+        read, subscription.waiting = subscription.waiting, None
+        try:
+            event = read.result()
         except StopAsyncIteration:
             report.reason = "ended"
             break
@@ -168,6 +203,9 @@ async def close_client(ensign: Ensign, timeout: float = 5.0) -> None:
     forever. After ``timeout`` those tasks are cancelled and a second ``close()``
     closes the channel.
     """
+    for subscription in _subscriptions.pop(ensign, {}).values():
+        if subscription.waiting is not None:
+            subscription.waiting.cancel()
     try:
         await asyncio.wait_for(ensign.close(), timeout)
     except TimeoutError:
