@@ -136,3 +136,21 @@ def test_oversized_event_is_nacked_and_the_server_keeps_serving(new_client):
     assert [nack.code for nack in counter.nacks] == [ensign_pb2.Nack.Code.MAX_EVENT_SIZE_EXCEEDED]
     assert "limit" in counter.nacks[0].error
     assert state.status == 1
+
+
+def test_a_warm_client_subscribes_by_topic_id(new_client):
+    async def body():
+        subscriber, publisher = new_client(), new_client()
+        topic_id = await subscriber.ensure_topic_exists("by-id")  # cached: subscribe sends the id
+        received: list = []
+        task = await open_subscriber(subscriber, topic_id, 3, received)
+        counter = AckCounter()
+        for i in range(3):
+            await publisher.publish("by-id", json_event({"seq": i}), on_ack=counter.on_ack)
+        await asyncio.wait_for(task, 20)
+        await counter.wait_for(3)
+        await publisher.close()
+        await close_client(subscriber)
+        return received
+
+    assert run(body()) == [{"seq": i} for i in range(3)]

@@ -2,6 +2,7 @@
 
 import pytest
 from pyensign.exceptions import EnsignInvalidArgument, EnsignRPCError
+from ulid import ULID
 
 from tests.conftest import run
 
@@ -103,3 +104,21 @@ def test_features_planned_for_later_answer_unimplemented(new_client):
         return raised.value
 
     assert run(body()).name == "UNIMPLEMENTED"
+
+
+def test_retrieve_topic_and_topic_names_through_the_low_level_client(new_client):
+    async def body():
+        client = new_client()
+        topic_id = await client.ensure_topic_exists("low-level")
+        found = await client.client.retrieve_topic(ULID.from_str(topic_id).bytes)
+        names, token = await client.client.topic_names(page_size=500)
+        with pytest.raises(EnsignRPCError) as missing:
+            await client.client.retrieve_topic(ULID().bytes)
+        await client.close()
+        return topic_id, found, names, token, missing.value
+
+    topic_id, found, names, token, missing = run(body())
+    assert found.name == "low-level" and str(ULID.from_bytes(found.id)) == topic_id
+    assert found.status == 1  # READY
+    assert ("low-level", topic_id) in {(n.name, n.topic_id) for n in names} and token == ""
+    assert missing.name == "NOT_FOUND"
