@@ -11,16 +11,34 @@ Works when copied alone next to a notebook: it needs River, not the other helper
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from river import compose, feature_extraction, linear_model, metrics, naive_bayes, optim, utils
 
 #: The kinds ``make_model`` builds. Progressive validation over all 23,320 records, shuffled (seed 42):
-#: "bigram-nb"     words and word pairs → multinomial naive Bayes    accuracy 0.737   ~1,300 records/s
-#: "unigram-nb"    words → multinomial naive Bayes                   accuracy 0.734   ~1,900 records/s
+#: "bigram-nb"     words and word pairs → multinomial naive Bayes    accuracy 0.737   ~2,200 records/s
+#: "unigram-nb"    words → multinomial naive Bayes                   accuracy 0.734   ~3,000 records/s
 #: "tfidf-logreg"  TF-IDF → logistic regression with SGD(1.0)        accuracy 0.720   ~4,700 records/s
 MODEL_KINDS = ("bigram-nb", "unigram-nb", "tfidf-logreg")
+
+
+class MultinomialNB(naive_bayes.MultinomialNB):
+    """River's multinomial naive Bayes, with its class probabilities normalised in plain Python.
+
+    River normalises with SciPy's ``logsumexp``, which here costs about 0.4 ms per call on the two
+    class scores: two thirds of the whole predict→fit step. Doing the same sum with ``math`` gives the
+    same probabilities and the same predictions at a fraction of the cost.
+    """
+
+    def predict_proba_one(self, x: dict) -> dict:
+        scores = self.joint_log_likelihood(x)
+        if not scores:
+            return {}
+        top = max(scores.values())
+        total = top + math.log(sum(math.exp(score - top) for score in scores.values()))
+        return {label: math.exp(score - total) for label, score in scores.items()}
 
 
 def make_model(kind: str = "bigram-nb") -> compose.Pipeline:
@@ -29,15 +47,15 @@ def make_model(kind: str = "bigram-nb") -> compose.Pipeline:
     The default, "bigram-nb", scored best over the 23,320 shuffled records: accuracy 0.737, and
     0.756 precision, 0.749 recall for "positive" (by domain: tweets 0.815, movie reviews 0.757,
     Amazon reviews 0.728, NYT editorials 0.632). Its lead over "unigram-nb" is small (0.3 points,
-    held with two other shuffles) and unigrams are about 1.4x faster. "tfidf-logreg" is the fastest
+    held with two other shuffles); unigrams are faster. "tfidf-logreg" is the fastest
     but needs a large step: with River's default optimizer, SGD(0.01), it reaches only 0.553.
     ComplementNB and BernoulliNB walk the whole vocabulary on every prediction (under 100 records/s),
     so they are not offered. A naive Bayes model predicts ``None`` until it has learned something.
     """
     if kind == "bigram-nb":
-        return feature_extraction.BagOfWords(lowercase=True, ngram_range=(1, 2)) | naive_bayes.MultinomialNB()
+        return feature_extraction.BagOfWords(lowercase=True, ngram_range=(1, 2)) | MultinomialNB()
     if kind == "unigram-nb":
-        return feature_extraction.BagOfWords(lowercase=True) | naive_bayes.MultinomialNB()
+        return feature_extraction.BagOfWords(lowercase=True) | MultinomialNB()
     if kind == "tfidf-logreg":
         return feature_extraction.TFIDF() | linear_model.LogisticRegression(optimizer=optim.SGD(1.0))
     raise ValueError(f"unknown model kind {kind!r}; choose from {MODEL_KINDS}")

@@ -141,3 +141,21 @@ def test_a_frozen_model_falls_behind_an_online_one_when_the_topic_shifts() -> No
     assert frozen_scores["accuracy"] < 0.60
     assert online_scores["accuracy"] > 0.72
     assert online_scores["accuracy"] - frozen_scores["accuracy"] > 0.15
+
+
+def test_our_multinomial_nb_matches_rivers_own_predictions_and_probabilities():
+    from river import feature_extraction, naive_bayes
+
+    from helpers.data import load_records, shuffled
+    from helpers.learning import MultinomialNB
+
+    bow = feature_extraction.BagOfWords(lowercase=True, ngram_range=(1, 2))
+    ours, rivers = MultinomialNB(), naive_bayes.MultinomialNB()
+    for record in shuffled(load_records())[:1500]:
+        x, y = bow.transform_one(record["text"]), record["label"] == "positive"
+        assert ours.predict_one(x) == rivers.predict_one(x)
+        mine, theirs = ours.predict_proba_one(x), rivers.predict_proba_one(x)
+        assert mine.keys() == theirs.keys()
+        assert all(abs(mine[label] - theirs[label]) < 1e-9 for label in mine)
+        ours.learn_one(x, y)
+        rivers.learn_one(x, y)
