@@ -228,19 +228,23 @@ async def _publish(args: argparse.Namespace) -> int:
     return 0 if report.settled else 1
 
 
+async def _subscribe_until_done(client: Ensign, topic: str, handler, args: argparse.Namespace) -> None:
+    """Run one subscribing service until its stream ends, it idles out, or Ctrl-C; then close."""
+    for name in (REVIEWS, METRICS):
+        await client.ensure_topic_exists(name)
+    try:
+        await consume(client, topic, handler, idle_timeout=args.idle_timeout)
+    finally:
+        await close_client(client)
+
+
 async def _train(args: argparse.Namespace) -> int:
     from helpers.connection import connect
 
-    client = connect()
-    for topic in (REVIEWS, METRICS):
-        await client.ensure_topic_exists(topic)
-    trainer = Trainer(client, metrics_every=args.metrics_every)
+    trainer = Trainer(connect(), metrics_every=args.metrics_every)
     trainer.on_step = lambda t: t.predicted % args.metrics_every or print(t.metrics.snapshot(), flush=True)
     print(f"training on '{REVIEWS}' until the end-of-stream marker (Ctrl-C stops)", flush=True)
-    try:
-        await consume(client, REVIEWS, trainer.handle, idle_timeout=args.idle_timeout)
-    finally:
-        await close_client(client)
+    await _subscribe_until_done(trainer.ensign, REVIEWS, trainer.handle, args)
     print(f"predicted {trainer.predicted:,}, bad input {trainer.bad_input:,}: {trainer.metrics.snapshot()}")
     return 0
 
@@ -248,14 +252,9 @@ async def _train(args: argparse.Namespace) -> int:
 async def _monitor(args: argparse.Namespace) -> int:
     from helpers.connection import connect
 
-    client = connect()
-    await client.ensure_topic_exists(METRICS)
     monitor = Monitor(threshold=args.threshold)
     print(f"watching '{METRICS}' for rolling accuracy under {args.threshold:.2f} (Ctrl-C stops)", flush=True)
-    try:
-        await consume(client, METRICS, monitor.handle, idle_timeout=args.idle_timeout)
-    finally:
-        await close_client(client)
+    await _subscribe_until_done(connect(), METRICS, monitor.handle, args)
     print(f"{monitor.seen:,} metrics events, {len(monitor.alerts):,} alerts")
     return 0
 

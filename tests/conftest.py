@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from pyensign.api.v1beta1 import event_pb2
 from pyensign.ensign import Ensign
-from pyensign.events import Event
 
 from local_ensign.eventlog import SQLiteEventLog
 from local_ensign.ids import ZERO_RLID, parse_ulid
@@ -38,25 +37,6 @@ def new_client(server: LocalEnsign) -> Callable[..., Ensign]:
         return Ensign(**server.client_kwargs(credentials))
 
     return make
-
-
-async def close_client(client: Ensign, timeout: float = 5.0) -> None:
-    """Close a client even if one of its subscriptions stalled with a full buffer.
-
-    pyensign 0.12.1b0's ``close()`` waits for every stream task, and a subscription
-    whose 100-event buffer is full (its reader stopped iterating) never finishes, so
-    ``close()`` would wait forever. Timing out cancels those tasks; a second
-    ``close()`` then closes the channel.
-    """
-    try:
-        await asyncio.wait_for(client.close(), timeout)
-    except TimeoutError:
-        await asyncio.wait_for(client.close(), timeout)
-
-
-def json_event(record: dict) -> Event:
-    """A JSON event, as the lessons publish them."""
-    return Event(json.dumps(record).encode("utf-8"), mimetype="application/json")
 
 
 class AckCounter:

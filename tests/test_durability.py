@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 from pyensign.ensign import Ensign
 
+from helpers.streams import close_client, json_event
 from local_ensign.launcher import LocalEnsign
-from tests.conftest import AckCounter, close_client, json_event, run, stored_records
+from tests.conftest import AckCounter, run, stored_records
 
 TOTAL = 20_000
 

@@ -10,9 +10,10 @@ from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc, event_pb2
 from pyensign.ensign import Ensign
 from pyensign.exceptions import EnsignRPCError, UnknownTopicError
 
+from helpers.streams import json_event
 from local_ensign.ids import new_ulid, parse_ulid
 from local_ensign.launcher import LocalEnsign
-from tests.conftest import AckCounter, json_event, run
+from tests.conftest import AckCounter, run
 
 
 def wrong_secret_kwargs(server: LocalEnsign) -> dict:

@@ -5,8 +5,9 @@ import json
 
 from pyensign.api.v1beta1 import ensign_pb2
 
+from helpers.streams import close_client, json_event
 from local_ensign.service import MAX_EVENT_SIZE
-from tests.conftest import AckCounter, close_client, json_event, run, stored_records
+from tests.conftest import AckCounter, run, stored_records
 
 
 async def collect(client, topic: str, count: int, received: list, ready: asyncio.Event) -> None:
