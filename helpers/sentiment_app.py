@@ -39,7 +39,7 @@ END_OF_STREAM = {"end_of_stream": True}
 class Trainer:
     """The model service: predict→fit on each review, publish metrics every N reviews."""
 
-    ensign: Ensign
+    ensign: Ensign | None = None  # the client metrics are published with (run_app sets it)
     metrics_every: int = 100
     model: object = field(default_factory=make_model)
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
@@ -182,7 +182,7 @@ async def _demo(args: argparse.Namespace) -> int:
         title="Streaming sentiment: metrics as the model learns", display=False, threshold=args.threshold
     )
     bar = tqdm(total=len(records), unit="review", desc="predict→fit")
-    trainer = Trainer(connect(), metrics_every=args.metrics_every)
+    trainer = Trainer(metrics_every=args.metrics_every)
 
     def step(trainer: Trainer) -> None:
         bar.update(1)
