@@ -18,8 +18,9 @@ VARIABLES = (
 
 @pytest.fixture
 def clean_environment(monkeypatch, tmp_path):
-    for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    for name in VARIABLES:  # recorded, so the values configure() writes are undone afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("LOCAL_ENSIGN_DATA_DIR", str(tmp_path / "local"))
     yield monkeypatch
     for server in connection._started_servers:
