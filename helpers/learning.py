@@ -18,19 +18,26 @@ from typing import Any
 from river import compose, feature_extraction, linear_model, metrics, naive_bayes, optim, utils
 
 #: The kinds ``make_model`` builds. Progressive validation over all 23,320 records, shuffled (seed 42):
-#: "bigram-nb"     words and word pairs → multinomial naive Bayes    accuracy 0.737   ~2,200 records/s
-#: "unigram-nb"    words → multinomial naive Bayes                   accuracy 0.734   ~3,000 records/s
+#: "bigram-nb"     words and word pairs → multinomial naive Bayes    accuracy 0.737   ~2,800 records/s
+#: "unigram-nb"    words → multinomial naive Bayes                   accuracy 0.734   ~3,800 records/s
 #: "tfidf-logreg"  TF-IDF → logistic regression with SGD(1.0)        accuracy 0.720   ~4,700 records/s
 MODEL_KINDS = ("bigram-nb", "unigram-nb", "tfidf-logreg")
 
 
 class MultinomialNB(naive_bayes.MultinomialNB):
-    """River's multinomial naive Bayes, with its class probabilities normalised in plain Python.
+    """River's multinomial naive Bayes, with its two hot spots written in plain Python.
 
-    River normalises with SciPy's ``logsumexp``, which here costs about 0.4 ms per call on the two
-    class scores: two thirds of the whole predict→fit step. Doing the same sum with ``math`` gives the
-    same probabilities and the same predictions at a fraction of the cost.
+    River normalises the class probabilities with SciPy's ``logsumexp``, which here costs about
+    0.4 ms per call on two numbers, and counts words with ``Counter.update``, one small dict per
+    word. Doing the same sums with ``math`` and ``+=`` gives the same counts, probabilities and
+    predictions (a test checks them against River's own class) in about a third of the time.
     """
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        self.class_counts[y] += 1
+        for feature, frequency in x.items():
+            self.feature_counts[feature][y] += frequency
+            self.class_totals[y] += frequency
 
     def predict_proba_one(self, x: dict) -> dict:
         scores = self.joint_log_likelihood(x)

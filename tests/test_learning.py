@@ -143,7 +143,7 @@ def test_a_frozen_model_falls_behind_an_online_one_when_the_topic_shifts() -> No
     assert online_scores["accuracy"] - frozen_scores["accuracy"] > 0.15
 
 
-def test_our_multinomial_nb_matches_rivers_own_predictions_and_probabilities():
+def test_our_multinomial_nb_matches_rivers_own_counts_predictions_and_probabilities():
     from river import feature_extraction, naive_bayes
 
     from helpers.data import load_records, shuffled
@@ -159,3 +159,5 @@ def test_our_multinomial_nb_matches_rivers_own_predictions_and_probabilities():
         assert all(abs(mine[label] - theirs[label]) < 1e-9 for label in mine)
         ours.learn_one(x, y)
         rivers.learn_one(x, y)
+    assert ours.class_counts == rivers.class_counts and ours.class_totals == rivers.class_totals
+    assert ours.feature_counts == rivers.feature_counts
