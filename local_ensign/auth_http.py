@@ -69,6 +69,7 @@ class _AuthHandler(BaseHTTPRequestHandler):
             return
         body = self._json_body()
         if body is None:
+            self.close_connection = True  # the body may be unread: don't reuse this connection
             self._reply(HTTPStatus.BAD_REQUEST, {"success": False, "error": "could not parse request"})
             return
         route(body)

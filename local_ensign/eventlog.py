@@ -104,7 +104,6 @@ class SQLiteEventLog:
 class MemoryEventLog:
     """Event log held in memory only: lost when the process ends."""
 
-
     def __init__(self) -> None:
         self._rlids: dict[bytes, list[bytes]] = {}
         self._records: dict[bytes, list[Record]] = {}

@@ -153,3 +153,21 @@ async def raw_publish_to(server: LocalEnsign, credentials: dict, topic_id: str) 
         reply = await stream.read()
         stream.cancel()
     return reply.nack.code if reply.WhichOneof("embed") == "nack" else 0
+
+
+def test_auth_endpoint_answers_bad_requests_with_400_and_403(server):
+    from urllib.error import HTTPError
+    from urllib.request import Request
+
+    def status_of(path: str, body: bytes | dict) -> int:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        try:
+            with urlopen(Request(f"{server.auth_url}{path}", data=data), timeout=10) as reply:
+                return reply.status
+        except HTTPError as err:
+            return err.code
+
+    assert status_of("/v1/authenticate", b"not json") == 400
+    assert status_of("/v1/authenticate", {"client_id": "", "client_secret": ""}) == 400
+    assert status_of("/v1/authenticate", {"client_id": "nobody", "client_secret": "x"}) == 403
+    assert status_of("/v1/refresh", {"refresh_token": "not.a.jwt"}) == 403
