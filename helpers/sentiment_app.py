@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,8 +29,18 @@ from pyensign.ensign import Ensign
 from pyensign.events import Event
 from pyensign.nack import Unprocessed
 
+from helpers.connection import configure, connect
+from helpers.data import load_records, shuffled
 from helpers.learning import StreamMetrics, make_model, predict_then_learn
-from helpers.streams import STOP, PublishReport, close_client, consume, json_event, publish_records
+from helpers.streams import (
+    STOP,
+    PublishReport,
+    close_client,
+    consume,
+    json_event,
+    publish_records,
+    wait_until_subscribed,
+)
 
 REVIEWS, METRICS = "reviews", "sentiment-metrics"
 END_OF_STREAM = {"end_of_stream": True}
@@ -132,8 +143,6 @@ async def run_app(
     progress: Callable[[int], None] | None = None,
 ) -> AppResult:
     """Run the three services together, each with its own client, until the stream ends."""
-    from helpers.streams import wait_until_subscribed
-
     publisher, model_client, monitor_client = connect(), connect(), connect()
     for client, topic in ((publisher, REVIEWS), (publisher, METRICS)):
         await client.ensure_topic_exists(topic)
@@ -161,19 +170,14 @@ async def run_app(
 
 
 def _records(args: argparse.Namespace) -> list[dict]:
-    from helpers.data import load_records, shuffled
-
     records = shuffled(load_records())
     return records[: args.limit] if args.limit else records
 
 
 async def _demo(args: argparse.Namespace) -> int:
     """Run the whole application over the corpus with a progress bar, then summarise it."""
-    import time
+    from tqdm import tqdm  # the demo alone needs these two, and matplotlib is slow to import
 
-    from tqdm import tqdm
-
-    from helpers.connection import configure, connect
     from helpers.plotting import LivePlot
 
     deployment = configure()
@@ -217,8 +221,6 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    from helpers.connection import connect
-
     client = connect()
     try:
         report = await publish_reviews(client, _records(args))
@@ -239,8 +241,6 @@ async def _subscribe_until_done(client: Ensign, topic: str, handler, args: argpa
 
 
 async def _train(args: argparse.Namespace) -> int:
-    from helpers.connection import connect
-
     trainer = Trainer(connect(), metrics_every=args.metrics_every)
     trainer.on_step = lambda t: t.predicted % args.metrics_every or print(t.metrics.snapshot(), flush=True)
     print(f"training on '{REVIEWS}' until the end-of-stream marker (Ctrl-C stops)", flush=True)
@@ -250,8 +250,6 @@ async def _train(args: argparse.Namespace) -> int:
 
 
 async def _monitor(args: argparse.Namespace) -> int:
-    from helpers.connection import connect
-
     monitor = Monitor(threshold=args.threshold)
     print(f"watching '{METRICS}' for rolling accuracy under {args.threshold:.2f} (Ctrl-C stops)", flush=True)
     await _subscribe_until_done(connect(), METRICS, monitor.handle, args)

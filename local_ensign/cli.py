@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 import grpc
-from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc
+from pyensign.api.v1beta1 import ensign_pb2
 
 from . import __version__
 from .catalog import Catalog
 from .credentials import create_api_key, write_key_file
+from .launcher import ask_status
 from .server import (
     DEFAULT_AUTH_PORT,
     DEFAULT_HOST,
@@ -180,12 +181,10 @@ def _status(args: argparse.Namespace) -> int:
     if endpoint is None:
         state = read_state(args.data_dir or default_data_dir())
         endpoint = state["endpoint"] if state else f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = ensign_pb2_grpc.EnsignStub(channel)
-        try:
-            state = stub.Status(ensign_pb2.HealthCheck(), timeout=args.timeout)
-        except grpc.RpcError as err:
-            raise ServerError(f"no Ensign server answering at {endpoint} ({err.code().name})") from None
+    try:
+        state = ask_status(endpoint, args.timeout)
+    except grpc.RpcError as err:
+        raise ServerError(f"no Ensign server answering at {endpoint} ({err.code().name})") from None
     status = ensign_pb2.ServiceState.Status.Name(state.status)
     print(f"{status}: Ensign {state.version} at {endpoint}, up {state.uptime.seconds}s")
     return 0 if status == "HEALTHY" else 1

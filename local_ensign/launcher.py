@@ -34,16 +34,24 @@ from .server import READY_PREFIX, read_state
 _READY = re.compile(r"gRPC at (?P<endpoint>\S+), auth at (?P<auth_url>\S+),")
 
 
+def ask_status(endpoint: str, timeout: float = 2.0) -> ensign_pb2.ServiceState:
+    """The ``Status`` of the Ensign server at ``endpoint`` (public: no token needed).
+
+    Raises ``grpc.RpcError`` if nothing answers within ``timeout`` seconds.
+    """
+    with grpc.insecure_channel(endpoint) as channel:
+        return ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
+
+
 def running_server(data_dir: str | Path, timeout: float = 2.0) -> dict | None:
     """Where the server using ``data_dir`` listens, if one runs and answers ``Status``."""
     state = read_state(Path(data_dir))
     if not state:
         return None
-    with grpc.insecure_channel(state["endpoint"]) as channel:
-        try:
-            ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
-        except grpc.RpcError:
-            return None
+    try:
+        ask_status(state["endpoint"], timeout)
+    except grpc.RpcError:
+        return None
     return state
 
 

@@ -60,10 +60,7 @@ class EnsignService:
 
     async def _authorize(self, context: grpc.aio.ServicerContext, *any_of: str) -> Claims:
         """Check the bearer token and that it grants one of ``any_of``; abort otherwise."""
-        header = next(
-            (value for key, value in context.invocation_metadata() or () if key == "authorization"),
-            "",
-        )
+        header = _metadata(context, "authorization")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             await context.abort(Code.UNAUTHENTICATED, "missing credentials")
