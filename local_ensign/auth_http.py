@@ -7,6 +7,10 @@ body is read as JSON whatever the header says.
 
 pyensign calls this endpoint with a *blocking* request from inside its own event
 loop, so the endpoint must never share that loop: it runs in its own thread.
+
+Every answer is JSON, errors included. A request the endpoint cannot read (a bad
+Content-Length, a body that is not a UTF-8 JSON object, fields of the wrong type)
+gets a 400; a connection that sends nothing for ``READ_TIMEOUT`` seconds is closed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ from .tokens import InvalidToken, TokenIssuer
 log = logging.getLogger("local_ensign.auth")
 
 MAX_BODY = 64 * 1024
+READ_TIMEOUT = 5.0  # seconds a connection may stay silent before it is closed
+LISTEN_BACKLOG = 1024  # connections the kernel queues while every handler is busy
+
+
+class _AuthServer(ThreadingHTTPServer):
+    """A thread per connection, and a listen queue long enough for bursts of clients.
+
+    With socketserver's default queue of 5, the kernel resets connections as soon as
+    more clients connect at once than the handlers accept in time.
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 class AuthEndpoint:
@@ -31,8 +48,7 @@ class AuthEndpoint:
 
     def __init__(self, host: str, port: int, catalog: Catalog, issuer: TokenIssuer) -> None:
         handler = type("Handler", (_AuthHandler,), {"catalog": catalog, "issuer": issuer})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _AuthServer((host, port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="auth-endpoint", daemon=True)
 
     @property
@@ -51,6 +67,7 @@ class _AuthHandler(BaseHTTPRequestHandler):
     catalog: Catalog
     issuer: TokenIssuer
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT  # applied to the socket: a silent or stalled client times out
 
     def log_message(self, format: str, *args: object) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -75,15 +92,15 @@ class _AuthHandler(BaseHTTPRequestHandler):
         route(body)
 
     def _authenticate(self, body: dict) -> None:
-        client_id, secret = body.get("client_id"), body.get("client_secret")
-        if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id or not secret:
+        client_id, secret = _text_field(body, "client_id"), _text_field(body, "client_secret")
+        if client_id is None or secret is None:
             self._reply(HTTPStatus.BAD_REQUEST, {"success": False, "error": "missing credentials"})
             return
         self._issue(authenticate(self.catalog, client_id, secret))
 
     def _refresh(self, body: dict) -> None:
-        token = body.get("refresh_token")
-        if not isinstance(token, str) or not token:
+        token = _text_field(body, "refresh_token")
+        if token is None:
             self._reply(HTTPStatus.BAD_REQUEST, {"success": False, "error": "missing refresh token"})
             return
         try:
@@ -101,22 +118,58 @@ class _AuthHandler(BaseHTTPRequestHandler):
         self._reply(HTTPStatus.OK, {"access_token": access, "refresh_token": refresh})
 
     def _json_body(self) -> dict | None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
+        """The request body as a JSON object, or None if it is missing, cut short or not one."""
+        length = self._body_length()
+        if length is None:
             return None
-        if not 0 < length <= MAX_BODY:
-            return None
+        data = self.rfile.read(length)
+        if len(data) != length:
+            return None  # the client closed its side before sending the whole body
         try:
-            body = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
             return None
         return body if isinstance(body, dict) else None
+
+    def _body_length(self) -> int | None:
+        """The one Content-Length, if it is a plain number from 1 to MAX_BODY; else None."""
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) != 1 or "Transfer-Encoding" in self.headers:
+            return None
+        value = values[0].strip()
+        if not (value.isascii() and value.isdigit()):
+            return None
+        length = int(value)
+        return length if 0 < length <= MAX_BODY else None
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer requests http.server rejects (bad request line or headers) in JSON too."""
+        status = HTTPStatus(code)
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self._reply(status, {"success": False, "error": message or status.phrase.lower()})
 
     def _reply(self, status: HTTPStatus, payload: dict) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+
+def _text_field(body: dict, name: str) -> str | None:
+    """``body[name]`` if it is a non-empty string that UTF-8 can encode, else None.
+
+    JSON can carry lone surrogates (``"\\ud800"``), which no database or hash accepts.
+    """
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value

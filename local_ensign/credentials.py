@@ -8,6 +8,7 @@ PBKDF2-SHA256 hash. The key file written for users is the JSON that pyensign's
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -61,19 +62,38 @@ def create_api_key(catalog: Catalog, project_name: str) -> dict[str, str]:
     return {"ClientID": client_id, "ClientSecret": secret}
 
 
+@functools.cache
+def _unknown_id_hash() -> str:
+    """A hash of a random secret, made once, to check secrets sent with unknown client ids against.
+
+    Checking it costs what checking a real key's secret costs, so the time an answer takes
+    does not tell whether a client id exists.
+    """
+    return hash_secret(secrets.token_urlsafe(32))
+
+
 def authenticate(catalog: Catalog, client_id: str, secret: str) -> ApiKey | None:
-    """The API key if ``client_id`` exists and ``secret`` is its secret, else None."""
+    """The API key if ``client_id`` exists and ``secret`` is its secret, else None.
+
+    An unknown client id costs one secret check too, like a known one with a wrong secret.
+    """
     key = catalog.find_api_key(client_id)
-    if key is None or not secret_matches(secret, key.secret_hash):
+    stored = key.secret_hash if key is not None else _unknown_id_hash()
+    if not secret_matches(secret, stored) or key is None:
         return None
     return key
 
 
 def write_key_file(path: Path, credentials: dict[str, str]) -> None:
-    """Write credentials as JSON readable by the owner only (never world-readable)."""
+    """Write credentials as JSON readable by the owner only (never world-readable).
+
+    The mode is set on the open file before anything is written, so a file that existed
+    with a wider mode is narrowed too (the mode given to ``os.open`` applies to new files only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
         json.dump(credentials, handle, indent=2)
         handle.write("\n")

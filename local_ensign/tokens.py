@@ -8,8 +8,11 @@ key lives in the data directory, so tokens stay valid across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import string
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ ALGORITHM = "HS256"
 ACCESS_TTL = 3600.0
 REFRESH_TTL = 7200.0
 REFRESH_LEAD = 900.0
+SIGNING_KEY_FILE = "signing.key"
+KEY_BYTES = 32
 
 PERMISSIONS = (
     "publisher",
@@ -52,23 +57,91 @@ class Claims:
     permissions: frozenset[str]
 
 
+class SigningKeyError(Exception):
+    """The signing key file is unusable; the message (one line) names the file and the way out."""
+
+
 def load_signing_key(data_dir: Path) -> bytes:
-    """Read the data directory's signing key, creating it (readable by the owner only) once."""
-    path = Path(data_dir) / "signing.key"
+    """Read the data directory's signing key, creating it (readable by the owner only) once.
+
+    A file that does not hold exactly ``KEY_BYTES`` bytes in hex raises SigningKeyError rather
+    than being used: a short or empty key would let anyone forge tokens.
+    """
+    path = Path(data_dir) / SIGNING_KEY_FILE
     try:
-        return bytes.fromhex(path.read_text().strip())
+        text = path.read_bytes().decode("ascii", errors="replace").strip()
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return _create_signing_key(path)
+    except OSError as err:
+        raise SigningKeyError(
+            f"cannot read {path} ({err.strerror}): give the user running the server read access to it"
+        ) from err
+    return _parse_signing_key(path, text)
+
+
+def _parse_signing_key(path: Path, text: str) -> bytes:
+    """The key that ``text``, read from ``path``, spells in hex; SigningKeyError if it is not one."""
+    expected = f"expected {2 * KEY_BYTES} hex characters"
+    if not text:
+        problem = f"is empty ({expected})"
+    elif not all(char in string.hexdigits for char in text):
+        problem = f"is not hexadecimal ({expected})"
+    elif len(text) != 2 * KEY_BYTES:
+        problem = f"holds {len(text)} hex characters ({expected})"
+    else:
+        return bytes.fromhex(text)
+    raise SigningKeyError(
+        f"{path} {problem}: delete it to have a new key made, which invalidates every token issued so far"
+    )
+
+
+def _create_signing_key(path: Path) -> bytes:
+    """Make a new key and put it at ``path`` whole or not at all.
+
+    The key goes to a temporary file (mode 0600) in the same directory, reaches the disk,
+    and only then is renamed onto ``path``: a crash or a full disk leaves no partial key.
+    """
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        _write_atomically(path, key.hex())
+    except OSError as err:
+        raise SigningKeyError(
+            f"cannot create {path} ({err.strerror}): make room or fix the directory's permissions"
+        ) from err
+    return key
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with a file, readable by the owner only, holding ``text``, synced to disk."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(key.hex())
-        return key
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class TokenIssuer:
     """Issues and verifies access/refresh token pairs with one HMAC key."""
 
     def __init__(self, key: bytes, access_ttl: float = ACCESS_TTL) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError(f"a signing key needs at least {KEY_BYTES} bytes, not {len(key)}")
         self._key = key
         self.access_ttl = access_ttl
 
