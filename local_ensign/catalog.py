@@ -3,8 +3,12 @@
 The gRPC service reads topics from an in-memory copy (topics change rarely and are
 looked up on every published event); every change is written through to disk
 before it is acknowledged, so topic ids survive restarts. API keys are read from
-disk on each authentication, so keys created by another process (the
-``keys create`` command) work while the server runs.
+disk on each authentication, through a connection of their own, so keys created by
+another process (the ``keys create`` command) work while the server runs and a
+slow write never holds up an authentication.
+
+Writes wait at most ``WRITE_LOCK_TIMEOUT`` for another process's lock; the server
+runs them off its event loop. Every failure is a ``StoreError`` naming the cause.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ids import new_ulid
+from .storage import StoreError, connect, store_error, write_transaction
 
-TOPIC_NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
+TOPIC_NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 MAX_TOPIC_NAME = 512
+WRITE_LOCK_TIMEOUT = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -34,7 +40,12 @@ CREATE TABLE IF NOT EXISTS topics (
     name TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL,
     UNIQUE (project_id, name)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class EventLogMismatch(StoreError):
+    """The event log is not the one this catalog's topics were stored in."""
 
 
 class TopicExistsError(Exception):
@@ -76,23 +87,10 @@ def validate_topic_name(name: str) -> None:
         raise InvalidTopicName("topic name is required")
     if len(name) > MAX_TOPIC_NAME:
         raise InvalidTopicName(f"topic name must be at most {MAX_TOPIC_NAME} characters")
-    if not TOPIC_NAME_RULE.match(name):
+    if not TOPIC_NAME_RULE.fullmatch(name):
         raise InvalidTopicName(
             "topic name must start with a letter and contain only letters, digits, '.', '_' or '-'"
         )
-
-
-def connect(path: Path, sync: str = "full") -> sqlite3.Connection:
-    """Open a SQLite database in WAL mode with a generous busy timeout.
-
-    ``sync="full"`` fsyncs every commit (it survives power loss); ``"normal"`` writes
-    every commit to the WAL file but fsyncs only at checkpoints (it survives the
-    process being killed, not the machine losing power).
-    """
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-    return db
 
 
 class Catalog:
@@ -101,14 +99,22 @@ class Catalog:
     FILENAME = "catalog.sqlite3"
 
     def __init__(self, data_dir: Path) -> None:
-        self._db = connect(Path(data_dir) / self.FILENAME)
-        self._db.executescript(_SCHEMA)
+        self.path = Path(data_dir) / self.FILENAME
+        self._db = connect(self.path, lock_timeout=WRITE_LOCK_TIMEOUT)
+        self._keys_db = connect(self.path, lock_timeout=WRITE_LOCK_TIMEOUT)
         self._lock = threading.Lock()
+        self._keys_lock = threading.Lock()
         self._topics: dict[bytes, Topic] = {}
         self._by_name: dict[tuple[bytes, str], Topic] = {}
-        self._reload_topics()
+        try:
+            self._db.executescript(_SCHEMA)
+            self._reload_topics()
+        except sqlite3.Error as err:
+            self.close()
+            raise store_error(self.path, err) from None
 
     def close(self) -> None:
+        self._keys_db.close()
         self._db.close()
 
     def _reload_topics(self) -> None:
@@ -118,45 +124,77 @@ class Catalog:
         self._topics = {row[0]: Topic(*row) for row in rows}
         self._by_name = {(t.project_id, t.name): t for t in self._topics.values()}
 
+    def claim_event_log(self, log_id: str, log_name: str) -> None:
+        """Check that the event log ``log_id`` is the one this catalog's topics were stored in.
+
+        The first log a catalog meets is remembered. Another one later (an events
+        file deleted, emptied or swapped) raises EventLogMismatch rather than
+        serving topics whose events are silently gone.
+        """
+        if not log_id:
+            return
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'event_log_id'").fetchone()
+            if row is None:
+                write_transaction(
+                    self._db,
+                    self.path,
+                    lambda db: db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('event_log_id', ?)", (log_id,)
+                    ),
+                )
+            elif row[0] != log_id:
+                raise EventLogMismatch(
+                    f"{log_name} is not the event log this catalog's topics were stored in"
+                    " (it is new, emptied or from elsewhere): their events are missing."
+                    f" Restore {log_name} from a backup, or move the data directory aside to start afresh"
+                )
+
     # Projects and keys ---------------------------------------------------------------
 
     def ensure_project(self, name: str) -> Project:
         """Return the project called ``name``, creating it (with a new org) if needed."""
+        found: list[tuple] = []
+
+        def find_or_create(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT id, org_id, name FROM projects WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                row = (new_ulid(), new_ulid(), name)
+                db.execute(
+                    "INSERT INTO projects (id, org_id, name, created) VALUES (?, ?, ?, ?)",
+                    (*row, time.time()),
+                )
+            found.append(row)
+
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT id, org_id, name FROM projects WHERE name = ?", (name,)
-                ).fetchone()
-                if row is None:
-                    row = (new_ulid(), new_ulid(), name)
-                    self._db.execute(
-                        "INSERT INTO projects (id, org_id, name, created) VALUES (?, ?, ?, ?)",
-                        (*row, time.time()),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return Project(*row)
+            write_transaction(self._db, self.path, find_or_create)
+        return Project(*found[0])
 
     def add_api_key(self, client_id: str, secret_hash: str, project: Project) -> None:
         """Store a new API key for ``project``; the secret is stored only as its hash."""
+        row = (client_id, new_ulid(), secret_hash, project.id, time.time())
         with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (client_id, key_id, secret_hash, project_id, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (client_id, new_ulid(), secret_hash, project.id, time.time()),
+            write_transaction(
+                self._db,
+                self.path,
+                lambda db: db.execute(
+                    "INSERT INTO api_keys (client_id, key_id, secret_hash, project_id, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row,
+                ),
             )
 
     def find_api_key(self, client_id: str) -> ApiKey | None:
         """Look an API key up by its client id, reading the file afresh."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT k.client_id, k.key_id, k.secret_hash, k.project_id, p.org_id"
-                " FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.client_id = ?",
-                (client_id,),
-            ).fetchone()
+        try:
+            with self._keys_lock:
+                row = self._keys_db.execute(
+                    "SELECT k.client_id, k.key_id, k.secret_hash, k.project_id, p.org_id"
+                    " FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.client_id = ?",
+                    (client_id,),
+                ).fetchone()
+        except sqlite3.Error as err:
+            raise store_error(self.path, err) from None
         return ApiKey(*row) if row else None
 
     # Topics -------------------------------------------------------------------------
@@ -170,11 +208,17 @@ class Catalog:
             now = time.time()
             topic = Topic(new_ulid(), project_id, name, now, now)
             try:
-                self._db.execute(
-                    "INSERT INTO topics (id, project_id, name, created, modified) VALUES (?, ?, ?, ?, ?)",
-                    (topic.id, topic.project_id, topic.name, topic.created, topic.modified),
+                write_transaction(
+                    self._db,
+                    self.path,
+                    lambda db: db.execute(
+                        "INSERT INTO topics (id, project_id, name, created, modified) VALUES (?, ?, ?, ?, ?)",
+                        (topic.id, topic.project_id, topic.name, topic.created, topic.modified),
+                    ),
                 )
-            except sqlite3.IntegrityError:
+            except StoreError as err:
+                if "UNIQUE constraint failed" not in str(err):
+                    raise
                 # Created meanwhile by another process sharing the data directory.
                 self._reload_topics()
                 raise TopicExistsError(f"topic {name!r} already exists") from None

@@ -35,7 +35,13 @@ def parse_ulid(value: str | bytes) -> bytes:
         return value
     if len(value) != 26:
         raise ValueError(f"a ULID string is 26 characters, got {len(value)}")
-    return ULID.from_str(value).bytes
+    raw = ULID.from_str(value).bytes
+    if ulid_to_str(raw) != value:
+        # Crockford base32 packs 130 bits into 26 characters; the first character of a
+        # 128-bit value is 0-7. Other spellings (a leading 8-Z, lower case) would name
+        # the same topic under a second id, so only the canonical one is accepted.
+        raise ValueError(f"{value!r} is not a canonical ULID (upper-case base32, first character 0-7)")
+    return raw
 
 
 class RLIDSequence:

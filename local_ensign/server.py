@@ -3,6 +3,11 @@
 ``serve()`` starts everything, writes ``server.json`` (where to reach the server)
 into the data directory, prints one ready line to standard output once both
 endpoints accept connections, and shuts down cleanly when asked to stop.
+
+Everything it writes is its owner's alone (a 0700 directory of 0600 files), and
+a data directory it cannot use (a damaged or foreign file, a full or read-only
+disk, a missing events file) stops it with one line that names the file, the
+problem and what to do.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from . import __version__
 from .auth_http import AuthEndpoint
 from .catalog import Catalog
 from .committer import Committer
-from .eventlog import MemoryEventLog, SQLiteEventLog
-from .service import MAX_EVENT_SIZE, EnsignService, method_handlers
+from .eventlog import EventLog, MemoryEventLog, SQLiteEventLog
+from .service import EnsignService, method_handlers
+from .storage import PRIVATE_FILE, StoreError, make_private_dir
 from .subscriptions import SubscriptionRegistry
-from .tokens import ACCESS_TTL, TokenIssuer, load_signing_key
+from .tokens import ACCESS_TTL, SigningKeyError, TokenIssuer, load_signing_key
 
 log = logging.getLogger("local_ensign.server")
 
@@ -37,7 +43,11 @@ DEFAULT_PORT = 5356
 DEFAULT_AUTH_PORT = 5357
 STATE_FILE = "server.json"
 READY_PREFIX = "local_ensign ready:"
-MAX_MESSAGE = MAX_EVENT_SIZE + 3 * 1024 * 1024  # oversized events become nacks, not stream errors
+STOP_GRACE = 1.0  # seconds open streams get to finish when the server stops
+# Read any message a client sends: an event over the limit must reach the service to be
+# nacked. Refused by gRPC instead, it would end the publish stream, and pyensign never
+# settles the events it had queued behind it.
+GRPC_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", -1)]
 
 
 def default_data_dir() -> Path:
@@ -67,11 +77,17 @@ def prepare_data_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise ServerError(f"cannot use data directory {path}: it is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
     except OSError as err:
-        raise ServerError(f"cannot create data directory {path}: {err.strerror}") from None
+        raise ServerError(
+            f"cannot use data directory {path}: {err.strerror}"
+            + (f" ({err.filename})" if err.filename and str(err.filename) != str(path) else "")
+            + "; run the server as the directory's owner, or give it another --data-dir"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ServerError(f"cannot use data directory {path}: not writable")
+        raise ServerError(
+            f"cannot use data directory {path}: not writable; give the server another --data-dir"
+        )
     return path
 
 
@@ -85,7 +101,8 @@ def read_state(data_dir: Path) -> dict | None:
 
 def _lock_data_dir(data_dir: Path, stack: ExitStack) -> None:
     """Make sure only one server writes to a data directory at a time."""
-    handle = stack.enter_context(open(data_dir / "server.lock", "a+"))  # noqa: SIM115 (held until exit)
+    fd = os.open(data_dir / "server.lock", os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    handle = stack.enter_context(os.fdopen(fd, "r+"))
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -103,29 +120,44 @@ def _check_port_free(host: str, port: int) -> None:
             raise ServerError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
+def _open_stores(
+    config: ServerConfig, data_dir: Path, stack: ExitStack
+) -> tuple[Catalog, EventLog, TokenIssuer]:
+    """Open the catalog, the event log and the signing key, or explain in one line why not."""
+    try:
+        catalog = Catalog(data_dir)
+        stack.callback(catalog.close)
+        if config.store == "memory":
+            event_log: EventLog = MemoryEventLog()
+        else:
+            event_log = SQLiteEventLog(data_dir, config.sync)
+            catalog.claim_event_log(event_log.log_id, SQLiteEventLog.FILENAME)
+        stack.callback(event_log.close)
+        issuer = TokenIssuer(load_signing_key(data_dir), access_ttl=config.access_ttl)
+    except (StoreError, SigningKeyError) as err:
+        advice = getattr(err, "advice", "")
+        raise ServerError(
+            f"cannot use data directory {data_dir}: {err}" + (f"; {advice}" if advice else "")
+        ) from None
+    except OSError as err:
+        raise ServerError(f"cannot use data directory {data_dir}: {err.filename}: {err.strerror}") from None
+    return catalog, event_log, issuer
+
+
 async def serve(config: ServerConfig) -> None:
     """Run the server until SIGINT/SIGTERM (or, if asked, until standard input closes)."""
+    os.umask(0o077)  # every file the server makes is its owner's alone
     data_dir = prepare_data_dir(config.data_dir)
     with ExitStack() as stack:
         _lock_data_dir(data_dir, stack)
         _check_port_free(config.host, config.port)
         _check_port_free(config.host, config.auth_port)
-        catalog = Catalog(data_dir)
-        stack.callback(catalog.close)
-        event_log = MemoryEventLog() if config.store == "memory" else SQLiteEventLog(data_dir, config.sync)
-        stack.callback(event_log.close)
-        issuer = TokenIssuer(load_signing_key(data_dir), access_ttl=config.access_ttl)
+        catalog, event_log, issuer = _open_stores(config, data_dir, stack)
         registry = SubscriptionRegistry(event_log)
         committer = Committer(event_log, registry)
         service = EnsignService(catalog, committer, registry, issuer, server_id=f"local-{os.getpid()}")
 
-        grpc_server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ]
-        )
+        grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
         grpc_server.add_generic_rpc_handlers((method_handlers(service),))
         try:
             port = grpc_server.add_insecure_port(f"{config.host}:{config.port}")
@@ -151,7 +183,10 @@ async def serve(config: ServerConfig) -> None:
             "store": config.store,
         }
         state_path = data_dir / STATE_FILE
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        try:
+            state_path.write_text(json.dumps(state, indent=2) + "\n")
+        except OSError as err:
+            raise ServerError(f"cannot write {state_path}: {err.strerror}") from None
         stack.callback(state_path.unlink, missing_ok=True)
         print(
             f"{READY_PREFIX} Ensign gRPC at {state['endpoint']}, auth at {state['auth_url']},"
@@ -161,8 +196,10 @@ async def serve(config: ServerConfig) -> None:
 
         await _wait_for_stop(config.exit_with_parent)
         log.info("shutting down")
-        await grpc_server.stop(grace=1.0)
-        committing.cancel()
+        await grpc_server.stop(grace=STOP_GRACE)
+        committing.cancel()  # a commit is never cut in half: it runs without a pause
+        await asyncio.gather(committing, return_exceptions=True)
+        log.info("stopped: %d events committed since start", committer.committed)
 
 
 async def _wait_for_stop(exit_with_parent: bool) -> None:

@@ -5,6 +5,12 @@ RetrieveTopic, TopicNames and Status. EnSQL, Explain, DeleteTopic,
 SetTopicPolicy and Info answer UNIMPLEMENTED (they are planned, not faked).
 Every call but Status needs a valid bearer token from the auth endpoint, and
 sees only the topics of the project named in that token.
+
+An ack promises that every pyensign subscriber can receive the event, so an event
+is checked before it is stored: it must parse as an ``Event`` with data (what the
+client needs to deliver it) and fit, once wrapped, in the 4 MiB that pyensign
+0.12.1b0 accepts per message (it keeps gRPC's default receive limit). That makes
+this server's event limit ``MAX_EVENT_SIZE``, below Ensign's 5,243,000 bytes.
 """
 
 from __future__ import annotations
@@ -17,19 +23,23 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from pyensign.api.v1beta1 import ensign_pb2, event_pb2, query_pb2, topic_pb2
 
-from . import __version__
+from . import __version__, wire
 from .catalog import Catalog, InvalidTopicName, Topic, TopicExistsError
 from .committer import Committer, PendingEvent, PendingReply
 from .ids import parse_ulid, ulid_to_str
+from .storage import StoreError
 from .subscriptions import SubscriptionRegistry
 from .tokens import Claims, InvalidToken, TokenIssuer
 
 log = logging.getLogger("local_ensign.service")
 
-MAX_EVENT_SIZE = 5_243_000
+ENSIGN_MAX_EVENT_SIZE = 5_243_000  # the real server's limit
+CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC's default, which pyensign 0.12.1b0 keeps
+MAX_EVENT_SIZE = CLIENT_RECEIVE_LIMIT - wire.DELIVERY_OVERHEAD
 MAX_IN_FLIGHT = 5_000  # events a publish stream may have waiting for their ack
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 5_000
@@ -75,11 +85,15 @@ class EnsignService:
     # Status --------------------------------------------------------------------------
 
     async def Status(self, request, context) -> ensign_pb2.ServiceState:
+        """HEALTHY, or UNHEALTHY while the event log cannot be written (the log says why)."""
         now = time.time()
         uptime = Duration()
         uptime.FromNanoseconds(int((time.monotonic() - self.started) * 1e9))
+        healthy = self.committer.problem is None
         return ensign_pb2.ServiceState(
-            status=ensign_pb2.ServiceState.Status.HEALTHY,
+            status=ensign_pb2.ServiceState.Status.HEALTHY
+            if healthy
+            else ensign_pb2.ServiceState.Status.UNHEALTHY,
             version=__version__,
             uptime=uptime,
             not_before=_timestamp(now + 60),
@@ -98,11 +112,15 @@ class EnsignService:
             if project_id != claims.project_id:
                 await context.abort(Code.PERMISSION_DENIED, "not authorized to perform this action")
         try:
-            topic = self.catalog.create_topic(claims.project_id, request.name)
+            # Off the event loop: the write may wait for another process's lock.
+            topic = await asyncio.to_thread(self.catalog.create_topic, claims.project_id, request.name)
         except InvalidTopicName as err:
             await context.abort(Code.INVALID_ARGUMENT, str(err))
         except TopicExistsError:
             await context.abort(Code.ALREADY_EXISTS, f"topic {request.name!r} already exists")
+        except StoreError as err:
+            log.error("could not create topic %r: %s", request.name, err)
+            await context.abort(Code.UNAVAILABLE, f"could not create topic {request.name!r}: {err}")
         log.info("created topic %s (%s)", topic.name, ulid_to_str(topic.id))
         return self._topic_message(topic)
 
@@ -192,11 +210,11 @@ class EnsignService:
                 topics={t.name: t.id for t in topics},
             )
         )
-        publisher = event_pb2.Publisher(
-            publisher_id=claims.key_id,
-            client_id=first.open_stream.client_id,
-            ipaddr=_peer_address(context.peer()),
-            user_agent=_metadata(context, "user-agent"),
+        publisher = _publisher(
+            claims.key_id,
+            first.open_stream.client_id,
+            _peer_address(context.peer()),
+            _metadata(context, "user-agent"),
         )
         outbox: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -233,14 +251,7 @@ class EnsignService:
         topic = self.catalog.topic(wrapper.topic_id) if len(wrapper.topic_id) == 16 else None
         if topic is None or topic.project_id != claims.project_id:
             return NackCode.TOPIC_UNKNOWN, "topic unknown or not in this project"
-        if len(wrapper.event) > MAX_EVENT_SIZE:
-            return (
-                NackCode.MAX_EVENT_SIZE_EXCEEDED,
-                f"event is {len(wrapper.event)} bytes; the limit is {MAX_EVENT_SIZE}",
-            )
-        if not wrapper.event:
-            return NackCode.UNKNOWN, "event has no data"
-        return None
+        return event_problem(wrapper.event)
 
     # Subscribe -----------------------------------------------------------------------
 
@@ -266,9 +277,14 @@ class EnsignService:
                 )
             )
             reader = asyncio.create_task(_drain(requests))
+            turns = self.registry.turns
             while batch := await subscription.next_batch():
                 for record in batch:
-                    yield event_reply(record.wrapper)
+                    await turns.turn()
+                    yield wire.event_reply(record.wrapper)
+        except asyncio.CancelledError:
+            log.info("subscriber went away while events were being sent to it")
+            raise
         finally:
             self.registry.unregister(subscription)
             log.info("subscription closed (%d open)", len(self.registry))
@@ -294,18 +310,32 @@ class EnsignService:
     EnSQL = Explain = DeleteTopic = SetTopicPolicy = Info = _unimplemented
 
 
-def event_reply(wrapper: bytes) -> bytes:
-    """Encode ``SubscribeReply{event: wrapper}`` straight from stored wrapper bytes."""
-    return b"\x0a" + _varint(len(wrapper)) + wrapper
+def event_problem(event: bytes):
+    """Why a pyensign subscriber could not receive this ``Event``, as ``(nack code, message)``, or None."""
+    if len(event) > MAX_EVENT_SIZE:
+        return (
+            NackCode.MAX_EVENT_SIZE_EXCEEDED,
+            f"event is {len(event):,} bytes; the limit here is {MAX_EVENT_SIZE:,} bytes, because pyensign"
+            f" subscribers accept messages of at most {CLIENT_RECEIVE_LIMIT:,} bytes (gRPC's default)",
+        )
+    try:
+        data = event_pb2.Event.FromString(event).data
+    except DecodeError as err:
+        return NackCode.UNKNOWN, f"event is not a valid ensign.v1beta1.Event ({err}); nothing was stored"
+    if not data:
+        return NackCode.UNKNOWN, "event has no data; nothing was stored"
+    return None
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def _publisher(publisher_id: str, client_id: str, ipaddr: str, user_agent: str) -> bytes:
+    """The encoded Publisher stored with each event of a stream; client-chosen text is cut short."""
+    limit = wire.PUBLISHER_FIELD_LIMIT
+    return event_pb2.Publisher(
+        publisher_id=publisher_id[:limit],
+        client_id=client_id[:limit],
+        ipaddr=ipaddr[:limit],
+        user_agent=user_agent[:limit],
+    ).SerializeToString()
 
 
 def _serialize(message) -> bytes:

@@ -66,7 +66,7 @@ def stored_records(data_dir: Path, topic_id: str) -> list[dict]:
     """Every stored event of a topic, read straight from the durable event log, in log order."""
     log = SQLiteEventLog(data_dir)
     try:
-        records = log.read_after([parse_ulid(topic_id)], ZERO_RLID, 10**9)
+        records = log.read_after([parse_ulid(topic_id)], ZERO_RLID, 10**9, 2**62)
     finally:
         log.close()
     out = []

@@ -105,7 +105,7 @@ def test_a_lagging_subscription_catches_up_from_the_log_without_gaps(tmp_path, m
     sequence = RLIDSequence()
 
     async def body():
-        registry = SubscriptionRegistry(log, buffer_limit=50)
+        registry = SubscriptionRegistry(log, buffer_events=50)
         slow = registry.register([topic])
         received = []
         for _ in range(20):  # 20 batches of 30 events while nobody reads
