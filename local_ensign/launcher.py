@@ -91,7 +91,7 @@ class LocalEnsign:
         """Start the child and wait until it accepts connections; keep its ports for restarts."""
         if self.process is not None and self.process.poll() is None:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         command = [
             sys.executable,
             "-m",
@@ -111,7 +111,9 @@ class LocalEnsign:
         ]
         if self.access_ttl:
             command += ["--access-ttl", str(self.access_ttl)]
-        with open(self.log_path, "ab") as log:
+        # Like every file in the data directory, the log is its owner's alone (0600).
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,

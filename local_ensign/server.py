@@ -131,8 +131,10 @@ def _open_stores(
             event_log: EventLog = MemoryEventLog()
         else:
             event_log = SQLiteEventLog(data_dir, config.sync)
-            catalog.claim_event_log(event_log.log_id, SQLiteEventLog.FILENAME)
+        # Closed even when refused: an unclosed log leaves a -wal file behind, which SQLite
+        # would replay over an events file restored from a backup.
         stack.callback(event_log.close)
+        catalog.claim_event_log(event_log.log_id, SQLiteEventLog.FILENAME)
         issuer = TokenIssuer(load_signing_key(data_dir), access_ttl=config.access_ttl)
     except (StoreError, SigningKeyError) as err:
         advice = getattr(err, "advice", "")

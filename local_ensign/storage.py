@@ -57,9 +57,20 @@ def store_error(path: Path, err: sqlite3.Error | OSError) -> StoreError:
     """A StoreError (StoreBusy for a lock) naming ``path`` and the cause of ``err``."""
     text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     cause, advice = _CAUSES.get(text.lower(), (text, ""))
+    if text.lower() == "disk i/o error" and _disk_is_full(path):
+        # SQLite reports a -shm file it could not grow on a full disk as an I/O error.
+        cause, advice = _CAUSES["database or disk is full"]
     error_class = StoreBusy if text == "database is locked" else StoreError
     detail = f"{cause} ({text})" if cause != text else text
     return error_class(f"{path.name}: {detail}", advice)
+
+
+def _disk_is_full(path: Path) -> bool:
+    """True if the file system holding ``path`` has no space left."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def make_private_dir(path: Path) -> None:
