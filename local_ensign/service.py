@@ -203,13 +203,13 @@ class EnsignService:
             topics = [t for t in topics if t.name in wanted or ulid_to_str(t.id) in wanted]
         if not topics:
             await context.abort(Code.FAILED_PRECONDITION, "no topics available")
-        yield ensign_pb2.PublisherReply(
-            ready=ensign_pb2.StreamReady(
-                client_id=first.open_stream.client_id,
-                server_id=self.server_id,
-                topics={t.name: t.id for t in topics},
-            )
+        ready = ensign_pb2.StreamReady(
+            client_id=first.open_stream.client_id,
+            server_id=self.server_id,
+            topics={t.name: t.id for t in topics},
         )
+        if not await _send(context, ensign_pb2.PublisherReply(ready=ready), "publisher"):
+            return
         publisher = _publisher(
             claims.key_id,
             first.open_stream.client_id,
@@ -222,7 +222,8 @@ class EnsignService:
         try:
             while (reply := await outbox.get()) is not None:
                 slots.release()
-                yield reply
+                if not await _send(context, reply, "publisher"):
+                    return
         finally:
             reader.cancel()
 
@@ -267,29 +268,25 @@ class EnsignService:
             await context.abort(Code.FAILED_PRECONDITION, "no topics available")
         subscription = self.registry.register(t.id for t in topics)
         log.info("subscription opened on %s (%d open)", ", ".join(t.name for t in topics), len(self.registry))
-        reader = None
+        ready = ensign_pb2.StreamReady(
+            client_id=first.subscription.client_id,
+            server_id=self.server_id,
+            topics={t.name: t.id for t in topics},
+        )
+        reader = asyncio.create_task(_drain(requests))
         try:
-            yield ensign_pb2.SubscribeReply(
-                ready=ensign_pb2.StreamReady(
-                    client_id=first.subscription.client_id,
-                    server_id=self.server_id,
-                    topics={t.name: t.id for t in topics},
-                )
-            )
-            reader = asyncio.create_task(_drain(requests))
+            if not await _send(context, ensign_pb2.SubscribeReply(ready=ready), "subscriber"):
+                return
             turns = self.registry.turns
             while batch := await subscription.next_batch():
                 for record in batch:
                     await turns.turn()
-                    yield wire.event_reply(record.wrapper)
-        except asyncio.CancelledError:
-            log.info("subscriber went away while events were being sent to it")
-            raise
+                    if not await _send(context, wire.event_reply(record.wrapper), "subscriber"):
+                        return
         finally:
             self.registry.unregister(subscription)
             log.info("subscription closed (%d open)", len(self.registry))
-            if reader is not None:
-                reader.cancel()
+            reader.cancel()
 
     def _match_topics(self, claims: Claims, references) -> list[Topic]:
         """The caller's topics named by each reference (a name or a ULID string)."""
@@ -382,6 +379,22 @@ async def _page(topics: list[Topic], request: ensign_pb2.PageInfo, context):
     end = start + size
     token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(topics) else ""
     return topics[start:end], token
+
+
+async def _send(context: grpc.aio.ServicerContext, reply, peer: str) -> bool:
+    """Write one reply; False, after one INFO line, if the client has gone meanwhile.
+
+    A client that disconnects while a message is being written to it is routine, not
+    an error. grpcio 1.59 reports it as an ``ExecuteBatchError`` (a ``grpc.aio.InternalError``),
+    which a handler that yields its replies cannot catch: it is raised outside the
+    generator and logged as an ERROR with a traceback. So replies are written here.
+    """
+    try:
+        await context.write(reply)
+    except grpc.aio.InternalError as err:
+        log.info("%s went away while a reply was being sent (%s)", peer, type(err).__name__)
+        return False
+    return True
 
 
 async def _first(requests):

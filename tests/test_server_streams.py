@@ -5,7 +5,7 @@ import json
 
 from pyensign.api.v1beta1 import ensign_pb2
 
-from helpers.streams import close_client, json_event
+from helpers.streams import close_client, json_event, wait_until_subscribed
 from local_ensign.service import MAX_EVENT_SIZE
 from tests.conftest import AckCounter, run, stored_records
 
@@ -30,11 +30,7 @@ async def open_subscriber(client, topic: str, count: int, received: list) -> asy
     ready = asyncio.Event()
     task = asyncio.create_task(collect(client, topic, count, received, ready))
     await ready.wait()
-    for _ in range(200):
-        if client.client.subscribers:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.3)
+    await wait_until_subscribed(client, topic)
     return task
 
 
