@@ -5,6 +5,7 @@ raw gRPC sends only what the client cannot (bytes that are not an Event).
 """
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -195,3 +196,10 @@ def test_a_topic_id_spelled_other_than_canonically_names_no_topic(server, new_cl
     assert topic_id[0] in "01234567"
     assert not exists.exists
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_the_readme_and_lesson_03_state_the_limit_the_server_enforces():
+    """The limit is derived from pyensign's receive limit; what people read must follow it."""
+    root = Path(__file__).resolve().parent.parent
+    for document in (root / "README.md", root / "notebooks" / "03-publish-events.ipynb"):
+        assert f"{MAX_EVENT_SIZE:,}" in document.read_text(), document.name

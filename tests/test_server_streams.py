@@ -21,16 +21,17 @@ async def collect(client, topic: str, count: int, received: list, ready: asyncio
             return
 
 
-async def open_subscriber(client, topic: str, count: int, received: list) -> asyncio.Task:
+async def open_subscriber(client, topic: str, count: int, received: list, name: str = "") -> asyncio.Task:
     """Start a bounded subscriber and wait until its stream is registered on the server.
 
     A subscription opens on its first iteration and starts at the live tail, so the
-    test waits for the server's ``ready`` before it publishes anything.
+    test waits for the server's ``ready`` (whose map is keyed by topic ``name``; give
+    it when ``topic`` is an id) before it publishes anything.
     """
     ready = asyncio.Event()
     task = asyncio.create_task(collect(client, topic, count, received, ready))
     await ready.wait()
-    await wait_until_subscribed(client, topic)
+    await wait_until_subscribed(client, name or topic)
     return task
 
 
@@ -140,7 +141,7 @@ def test_a_warm_client_subscribes_by_topic_id(new_client):
         subscriber, publisher = new_client(), new_client()
         topic_id = await subscriber.ensure_topic_exists("by-id")  # cached: subscribe sends the id
         received: list = []
-        task = await open_subscriber(subscriber, topic_id, 3, received)
+        task = await open_subscriber(subscriber, topic_id, 3, received, name="by-id")
         counter = AckCounter()
         for i in range(3):
             await publisher.publish("by-id", json_event({"seq": i}), on_ack=counter.on_ack)
