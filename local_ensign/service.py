@@ -19,6 +19,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -41,6 +42,7 @@ ENSIGN_MAX_EVENT_SIZE = 5_243_000  # the real server's limit
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC's default, which pyensign 0.12.1b0 keeps
 MAX_EVENT_SIZE = CLIENT_RECEIVE_LIMIT - wire.DELIVERY_OVERHEAD
 MAX_IN_FLIGHT = 5_000  # events a publish stream may have waiting for their ack
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # and their size (one larger event is still taken alone)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 5_000
 
@@ -217,23 +219,23 @@ class EnsignService:
             _metadata(context, "user-agent"),
         )
         outbox: asyncio.Queue = asyncio.Queue()
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        reader = asyncio.create_task(self._read_events(requests, claims, publisher, outbox, slots))
+        in_flight = InFlight()
+        reader = asyncio.create_task(self._read_events(requests, claims, publisher, outbox, in_flight))
         try:
             while (reply := await outbox.get()) is not None:
-                slots.release()
+                in_flight.settle()
                 if not await _send(context, reply, "publisher"):
                     return
         finally:
             reader.cancel()
 
-    async def _read_events(self, requests, claims, publisher, outbox, slots) -> None:
+    async def _read_events(self, requests, claims, publisher, outbox, in_flight: InFlight) -> None:
         """Check each incoming event and hand it to the committer (or nack it in turn)."""
         try:
             async for request in requests:
                 if not request.HasField("event"):
                     continue
-                await slots.acquire()
+                await in_flight.admit(len(request.event.event))
                 wrapper = request.event
                 problem = self._publish_problem(claims, wrapper)
                 if problem is None:
@@ -305,6 +307,33 @@ class EnsignService:
         await context.abort(Code.UNIMPLEMENTED, "not implemented by local_ensign yet")
 
     EnSQL = Explain = DeleteTopic = SetTopicPolicy = Info = _unimplemented
+
+
+class InFlight:
+    """A publish stream's events read but not yet answered, bounded in number and in bytes.
+
+    Every admitted event gets exactly one reply, in order, so the sizes settle first
+    in, first out. While the stream is at its bounds the server reads no more from it,
+    and gRPC's flow control holds the client back.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: deque[int] = deque()
+        self._bytes = 0
+        self._room = asyncio.Event()
+
+    async def admit(self, size: int) -> None:
+        """Wait until an event of ``size`` bytes fits, then count it."""
+        while self._sizes and (len(self._sizes) >= MAX_IN_FLIGHT or self._bytes + size > MAX_IN_FLIGHT_BYTES):
+            self._room.clear()
+            await self._room.wait()
+        self._sizes.append(size)
+        self._bytes += size
+
+    def settle(self) -> None:
+        """The oldest admitted event has been answered."""
+        self._bytes -= self._sizes.popleft()
+        self._room.set()
 
 
 def event_problem(event: bytes):

@@ -11,6 +11,7 @@ from local_ensign.catalog import ApiKey, Catalog, InvalidTopicName, TopicExistsE
 from local_ensign.credentials import authenticate, create_api_key, hash_secret, secret_matches
 from local_ensign.eventlog import MemoryEventLog, Record, SQLiteEventLog
 from local_ensign.ids import ZERO_RLID, RLIDSequence, new_ulid, parse_ulid, ulid_to_str
+from local_ensign.service import MAX_IN_FLIGHT_BYTES, InFlight
 from local_ensign.subscriptions import SubscriptionRegistry
 from local_ensign.tokens import InvalidToken, TokenIssuer
 
@@ -122,3 +123,24 @@ def test_a_lagging_subscription_catches_up_from_the_log_without_gaps(tmp_path, m
     assert {r.topic_id for r in received} == {topic}
     assert log.last_rlid() > ZERO_RLID
     log.close()
+
+
+def test_a_publish_stream_holds_a_bounded_number_of_bytes_in_flight():
+    """The byte bound holds the reader back; one event larger than the bound is still taken alone."""
+
+    async def body():
+        in_flight = InFlight()
+        half = MAX_IN_FLIGHT_BYTES // 2
+        await in_flight.admit(half)
+        await in_flight.admit(half)
+        third = asyncio.create_task(in_flight.admit(1))
+        await asyncio.sleep(0.05)
+        blocked = not third.done()
+        in_flight.settle()  # the first event is answered: room for one more byte
+        await asyncio.wait_for(third, 1)
+        in_flight.settle()
+        in_flight.settle()
+        await asyncio.wait_for(in_flight.admit(3 * MAX_IN_FLIGHT_BYTES), 1)
+        return blocked
+
+    assert asyncio.run(body())
