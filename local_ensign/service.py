@@ -38,7 +38,6 @@ from .tokens import Claims, InvalidToken, TokenIssuer
 
 log = logging.getLogger("local_ensign.service")
 
-ENSIGN_MAX_EVENT_SIZE = 5_243_000  # the real server's limit
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC's default, which pyensign 0.12.1b0 keeps
 MAX_EVENT_SIZE = CLIENT_RECEIVE_LIMIT - wire.DELIVERY_OVERHEAD
 MAX_IN_FLIGHT = 5_000  # events a publish stream may have waiting for their ack

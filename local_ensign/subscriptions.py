@@ -10,11 +10,10 @@ buffer is drained, catches up by reading the event log after the last event it
 buffered, ``READ_BYTES`` at a time. So it never holds up a publisher or another
 subscriber, never costs more than a few megabytes, and never loses an event.
 
-Writing to subscribers shares the event loop with publishing. Each subscription
-waits for a turn (``WriteTurns``) before each write, and only a few turns are
-handed out per round of the loop, so two hundred subscribers cost publishers a few
-writes' time per round, not two hundred; the subscribers then read from the log
-what they could not be sent live.
+Writing to subscribers shares the server with publishing. While events are being
+published to many subscriptions, they write only in the first 2 ms of every 10 ms
+(``WriteTurns``), so two hundred subscribers cannot crowd out the publishers; what
+they could not be sent live, they read from the log afterwards.
 """
 
 from __future__ import annotations
@@ -34,60 +33,82 @@ BUFFER_BYTES = 4 * 1024 * 1024
 READ_EVENTS = 500
 READ_BYTES = 1024 * 1024
 READ_RETRY = 0.5  # seconds before reading the log again after it failed
-WRITES_PER_ROUND = 4
+DELIVERY_WINDOW = 0.010  # seconds; see WriteTurns
+DELIVERY_SHARE = 0.2
+FAN_OUT_ALLOWANCE = 8  # subscriptions a commit may reach before their writes are paced
 
 
 class WriteTurns:
-    """Hands out at most ``per_round`` turns to write per round of the event loop, in FIFO order.
+    """While events are published to many subscribers, their writes start only in part of each window.
 
-    A subscription awaits ``turn()`` before writing an event. Turns are not held
-    while the write is in flight, so a subscriber whose client stopped reading
-    blocks only itself.
+    Every write to a subscriber costs the server about as much CPU as a quarter of a
+    published event, so two hundred subscribers reading every event would leave
+    publishers a sliver of the process. While commits keep coming and each reaches
+    more than ``FAN_OUT_ALLOWANCE`` subscriptions, a subscription may start a write
+    only in the first ``share`` of every ``window`` seconds and waits for the next
+    window otherwise; the rest of the time belongs to publishing. A few subscribers,
+    or nothing being published, and writes go out at once. A subscriber that falls
+    behind this way reads the rest from the log, so it loses nothing.
     """
 
-    def __init__(self, per_round: int = WRITES_PER_ROUND) -> None:
-        self._per_round = per_round
-        self._left = per_round
-        self._waiting: deque[asyncio.Future] = deque()
-        self._refill_scheduled = False
+    def __init__(self, window: float = DELIVERY_WINDOW, share: float = DELIVERY_SHARE) -> None:
+        self._window = window
+        self._open = window * share
+        self._last_commit = float("-inf")
+        self._to_wake: set[asyncio.Event] = set()
+        self._wake_scheduled = False
+
+    def committed(self, fan_out: int) -> None:
+        """Note that a batch was just committed for ``fan_out`` subscriptions."""
+        if fan_out > FAN_OUT_ALLOWANCE:
+            self._last_commit = asyncio.get_running_loop().time()
+
+    def _wait(self) -> float:
+        """Seconds until subscribers may write (0 when they may write now)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_commit > self._window:
+            return 0.0
+        phase = now % self._window
+        return 0.0 if phase < self._open else self._window - phase
 
     async def turn(self) -> None:
-        """Return when this caller may write (at once, if turns are left this round)."""
-        if self._left and not self._waiting:
-            self._left -= 1
-            self._schedule_refill()
+        """Return when this caller may write: at once, unless publishers need the time now."""
+        if wait := self._wait():
+            await asyncio.sleep(wait)
+
+    def wake(self, event: asyncio.Event) -> None:
+        """Set ``event`` now, or when writing may start again (one timer for every subscription)."""
+        wait = self._wait()
+        if not wait:
+            event.set()
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        self._schedule_refill()
-        await waiter
+        self._to_wake.add(event)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_later(wait, self._wake_all)
 
-    def _schedule_refill(self) -> None:
-        if not self._refill_scheduled:
-            self._refill_scheduled = True
-            asyncio.get_running_loop().call_soon(self._refill)
-
-    def _refill(self) -> None:
-        """Start a new round: wake the next waiters, up to the round's turns."""
-        self._refill_scheduled = False
-        self._left = self._per_round
-        while self._left and self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():  # a cancelled waiter gives its turn to the next
-                waiter.set_result(None)
-                self._left -= 1
-        if self._waiting or self._left < self._per_round:
-            self._schedule_refill()
+    def _wake_all(self) -> None:
+        self._wake_scheduled = False
+        to_wake, self._to_wake = self._to_wake, set()
+        for event in to_wake:
+            event.set()
 
 
 class Subscription:
     """One subscribe stream's place in the log and the events waiting for it."""
 
     def __init__(
-        self, topic_ids: Iterable[bytes], tail: bytes, log_: EventLog, buffer_events: int, buffer_bytes: int
+        self,
+        topic_ids: Iterable[bytes],
+        tail: bytes,
+        log_: EventLog,
+        turns: WriteTurns,
+        buffer_events: int,
+        buffer_bytes: int,
     ) -> None:
         self.topic_ids = frozenset(topic_ids)
         self._log = log_
+        self._turns = turns
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
         self._tail = tail  # RLID of the last event handed out or buffered
@@ -97,15 +118,21 @@ class Subscription:
         self._wake = asyncio.Event()
         self.closed = False
 
-    def offer(self, records: list[Record], size: int) -> None:
-        """Take newly committed records of ``size`` bytes in all (called by the committer, in order)."""
+    def offer(self, records: list[Record], size: int, topic_ids: frozenset[bytes]) -> bool:
+        """Take newly committed records (called by the committer, in order); True if any were its own.
+
+        ``size`` is their size in bytes and ``topic_ids`` their topics, worked out
+        once for every subscription.
+        """
         if self._lagging:
-            self._wake.set()
-            return
-        fresh = [r for r in records if r.topic_id in self.topic_ids and r.rlid > self._tail]
-        if not fresh:
-            return
-        if len(fresh) != len(records):
+            self._turns.wake(self._wake)
+            return True
+        if topic_ids <= self.topic_ids and records[0].rlid > self._tail:
+            fresh = records
+        else:
+            fresh = [r for r in records if r.topic_id in self.topic_ids and r.rlid > self._tail]
+            if not fresh:
+                return False
             size = sum(len(r.wrapper) for r in fresh)
         if (
             len(self._buffer) + len(fresh) > self._buffer_events
@@ -118,7 +145,8 @@ class Subscription:
             self._buffer.extend(fresh)
             self._buffered_bytes += size
             self._tail = fresh[-1].rlid
-        self._wake.set()
+        self._turns.wake(self._wake)
+        return True
 
     async def next_batch(self) -> list[Record]:
         """Wait for the next events of this subscription, in commit order."""
@@ -170,7 +198,9 @@ class SubscriptionRegistry:
 
     def register(self, topic_ids: Iterable[bytes]) -> Subscription:
         """Open a subscription at the live tail; call before telling the client it is ready."""
-        subscription = Subscription(topic_ids, self.tail, self._log, self._buffer_events, self._buffer_bytes)
+        subscription = Subscription(
+            topic_ids, self.tail, self._log, self.turns, self._buffer_events, self._buffer_bytes
+        )
         self._subscriptions.add(subscription)
         return subscription
 
@@ -184,8 +214,9 @@ class SubscriptionRegistry:
             return
         self.tail = records[-1].rlid
         size = sum(len(record.wrapper) for record in records)
-        for subscription in self._subscriptions:
-            subscription.offer(records, size)
+        topic_ids = frozenset(record.topic_id for record in records)
+        fan_out = sum(subscription.offer(records, size, topic_ids) for subscription in self._subscriptions)
+        self.turns.committed(fan_out)
 
     def __len__(self) -> int:
         return len(self._subscriptions)
