@@ -32,7 +32,7 @@ from .catalog import Catalog
 from .committer import Committer
 from .eventlog import EventLog, MemoryEventLog, SQLiteEventLog
 from .service import EnsignService, method_handlers
-from .storage import PRIVATE_FILE, StoreError, make_private_dir
+from .storage import PRIVATE_FILE, StoreError, explain, make_private_dir
 from .subscriptions import SubscriptionRegistry
 from .tokens import ACCESS_TTL, SigningKeyError, TokenIssuer, load_signing_key
 
@@ -79,10 +79,10 @@ def prepare_data_dir(path: Path) -> Path:
     try:
         make_private_dir(path)
     except OSError as err:
+        cause, advice = explain(Path(err.filename or path), err)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
         raise ServerError(
-            f"cannot use data directory {path}: {err.strerror}"
-            + (f" ({err.filename})" if err.filename and str(err.filename) != str(path) else "")
-            + "; run the server as the directory's owner, or give it another --data-dir"
+            f"cannot use data directory {path}: {cause}{where}" + (f"; {advice}" if advice else "")
         ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ServerError(

@@ -35,6 +35,7 @@ _CAUSES = {
     "unable to open database file": ("it cannot be opened", _OWNER),
     "disk i/o error": ("the disk reported an I/O error", "check the disk"),
     "permission denied": ("this user may not read or write it", _OWNER),
+    "operation not permitted": ("this user may not change it", _OWNER),
 }
 
 
@@ -53,15 +54,20 @@ class StoreBusy(StoreError):
     """Another process holds the file's write lock: the same call may work a moment later."""
 
 
-def store_error(path: Path, err: sqlite3.Error | OSError) -> StoreError:
-    """A StoreError (StoreBusy for a lock) naming ``path`` and the cause of ``err``."""
+def explain(path: Path, err: sqlite3.Error | OSError) -> tuple[str, str]:
+    """``(what went wrong, what to do)`` for an error on ``path``, SQLite's or the system's own text kept."""
     text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     cause, advice = _CAUSES.get(text.lower(), (text, ""))
     if text.lower() == "disk i/o error" and _disk_is_full(path):
         # SQLite reports a -shm file it could not grow on a full disk as an I/O error.
         cause, advice = _CAUSES["database or disk is full"]
-    error_class = StoreBusy if text == "database is locked" else StoreError
-    detail = f"{cause} ({text})" if cause != text else text
+    return (f"{cause} ({text})" if cause != text else text), advice
+
+
+def store_error(path: Path, err: sqlite3.Error | OSError) -> StoreError:
+    """A StoreError (StoreBusy for a lock) naming ``path`` and the cause of ``err``."""
+    detail, advice = explain(path, err)
+    error_class = StoreBusy if str(err) == "database is locked" else StoreError
     return error_class(f"{path.name}: {detail}", advice)
 
 

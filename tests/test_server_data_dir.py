@@ -299,3 +299,12 @@ def test_a_full_disk_under_an_existing_data_directory_is_named_in_one_line(used_
         fill_disk(disk)
         result = serve_once(disk / "data")
     assert_one_line_error(result, CATALOG, "the disk is full", FREE_SPACE)
+
+
+def test_a_data_directory_on_a_read_only_disk_is_named_in_one_line(used_data_dir, tmp_path):
+    """A disk mounted read-only: say so, and what to do (not "run as the owner", which would not help)."""
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        copy_data_dir(used_data_dir, disk / "data")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        result = serve_once(disk / "data")
+    assert_one_line_error(result, "read-only", "writable --data-dir")
