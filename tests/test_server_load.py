@@ -151,10 +151,11 @@ def test_subscribers_that_vanish_mid_message_are_one_info_line_each(tmp_path):
                     await asyncio.sleep(0.002)
 
             publishing = asyncio.create_task(publish_large_events())
-            for _ in range(6):  # each subscriber reads a few events, then its channel is dropped
+            for _ in range(6):  # each subscriber reads a few events, stops, and then its channel is dropped
                 channel = grpc.aio.insecure_channel(server.endpoint)
                 (stream,) = await open_raw_subscriptions(server, "vanishing", 1, channel)
                 await asyncio.wait_for(read_sequence(stream, 3), 30)
+                await asyncio.sleep(0.2)  # the flow-control window fills: the server is mid-write
                 await channel.close(grace=None)
             publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)
