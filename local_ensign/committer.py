@@ -74,7 +74,7 @@ class Committer:
         self._registry = registry
         self._queue: asyncio.Queue[PendingEvent | PendingReply] = asyncio.Queue()
         self._rlids = RLIDSequence(log_.last_rlid())
-        self._offsets = log_.counts()
+        self._offsets = {topic_id: stats.events for topic_id, stats in log_.topic_stats().items()}
         self.committed = 0
         self.problem: str | None = None
 

@@ -1,6 +1,8 @@
-"""The event log: committed events per topic, in RLID (commit) order.
+"""The event log: committed events per topic, in RLID (commit) order, and consumer-group positions.
 
-Two interchangeable implementations share one small interface:
+``EventLog`` is everything the server asks of a store; the service, the committer
+and the subscriptions know nothing else about where events live. Two stores
+implement it:
 
 * ``SQLiteEventLog`` — the durable default. One SQLite file in WAL mode; a batch of
   events is one transaction, committed before ``append`` returns, so an acked event
@@ -12,15 +14,18 @@ Two interchangeable implementations share one small interface:
   durability costs (``benchmarks/server_throughput.py``) and for throwaway servers.
 
 Each stored record is the serialized ``EventWrapper`` exactly as it is delivered to
-subscribers, so reading never re-encodes anything. Reads are bounded in events and
-in bytes, so catching a subscriber up never loads more than a few megabytes.
+subscribers, so reading never re-encodes anything. Reads go forward from a position
+and are bounded in events and in bytes, so a reader never loads more than a few
+megabytes at a time however large the topic.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -32,10 +37,15 @@ CREATE TABLE IF NOT EXISTS events (
     topic_id BLOB NOT NULL, rlid BLOB NOT NULL, wrapper BLOB NOT NULL,
     PRIMARY KEY (topic_id, rlid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_positions (
+    group_id BLOB NOT NULL, topic_id BLOB NOT NULL, rlid BLOB NOT NULL,
+    PRIMARY KEY (group_id, topic_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 READ_LOCK_TIMEOUT = 0.1  # reads in WAL mode wait for nobody, except a moment of crash recovery
+READ_SLICE = 64  # rows fetched at a time by read()
 
 
 class Record(NamedTuple):
@@ -46,24 +56,63 @@ class Record(NamedTuple):
     wrapper: bytes
 
 
+@dataclass(frozen=True)
+class TopicStats:
+    """What a topic's stored events add up to."""
+
+    events: int
+    bytes: int  # the stored wrappers' sizes, as Ensign's Info reports them
+    last_rlid: bytes
+
+
 class EventLog(Protocol):
-    """What the service needs from an event log."""
+    """Everything the server needs from a store of events."""
 
     log_id: str  # identifies this log's contents; empty for a log that forgets them
 
-    def append(self, records: list[Record]) -> None: ...
+    def append(self, records: list[Record]) -> None:
+        """Store a batch of records, all or none, durably before returning."""
 
-    def read_after(
-        self, topic_ids: list[bytes], after: bytes, limit: int, max_bytes: int
-    ) -> list[Record]: ...
+    def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
+        """A topic's records after the RLID ``after``, in order, within ``limit`` and ``max_bytes``.
 
-    def last_rlid(self) -> bytes: ...
+        At least one record is returned when there is one, however large.
+        """
 
-    def counts(self) -> dict[bytes, int]: ...
+    def last_rlid(self) -> bytes:
+        """The highest RLID ever committed (all zeros for an empty log)."""
 
-    def probe(self) -> None: ...
+    def topic_stats(self) -> dict[bytes, TopicStats]:
+        """Every topic that has events, with its totals."""
+
+    def group_positions(self, group_id: bytes) -> dict[bytes, bytes]:
+        """A consumer group's position (the last RLID it is done with) in each topic it has one for."""
+
+    def save_group_positions(self, group_id: bytes, positions: dict[bytes, bytes]) -> None:
+        """Move a consumer group's positions, durably."""
+
+    def destroy_topic(self, topic_id: bytes) -> None:
+        """Remove a topic's events and every group's position in it."""
+
+    def probe(self) -> None:
+        """Write something small: raise StoreError while the log cannot be written."""
 
     def close(self) -> None: ...
+
+
+def read_topics(
+    log: EventLog, topic_ids: list[bytes], after: bytes, limit: int, max_bytes: int
+) -> list[Record]:
+    """The records of several topics after ``after``, merged in RLID order, within the same bounds."""
+    runs = [log.read(topic_id, after, limit, max_bytes) for topic_id in topic_ids]
+    if len(runs) == 1:
+        return runs[0]
+    # A run cut short by a bound ends the merge at its last record, so no record of
+    # another topic past that point is returned before it.
+    ends = [run[-1].rlid for run in runs if run and (len(run) == limit or _size(run) >= max_bytes)]
+    horizon = min(ends) if ends else None
+    merged = heapq.merge(*runs, key=lambda record: record.rlid)
+    return _bounded((r for r in merged if horizon is None or r.rlid <= horizon), max_bytes)[:limit]
 
 
 class SQLiteEventLog:
@@ -77,14 +126,14 @@ class SQLiteEventLog:
         self._reader = connect(self.path, lock_timeout=READ_LOCK_TIMEOUT)
         try:
             self._writer.executescript(_SCHEMA)
-        except Exception:
+        except sqlite3.Error as err:
             self.close()
-            raise
+            raise store_error(self.path, err) from None
         self.log_id = self._meta("log_id") or self._new_log_id()
 
     def _meta(self, key: str) -> str | None:
-        row = self._query("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def _new_log_id(self) -> str:
         """Give a log its identity once; a catalog remembers it (see ``Catalog.claim_event_log``)."""
@@ -95,10 +144,11 @@ class SQLiteEventLog:
     def _write(self, statements) -> None:
         write_transaction(self._writer, self.path, statements)
 
-    def _query(self, sql: str, params: tuple = ()):
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run a read and fetch its rows (a damaged page can surface while fetching, too)."""
         try:
-            return self._reader.execute(sql, params)
-        except Exception as err:
+            return self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
             raise store_error(self.path, err) from None
 
     def append(self, records: list[Record]) -> None:
@@ -109,32 +159,53 @@ class SQLiteEventLog:
             )
         )
 
-    def read_after(self, topic_ids: list[bytes], after: bytes, limit: int, max_bytes: int) -> list[Record]:
-        """Records of these topics with an RLID above ``after``, in order.
-
-        At most ``limit`` records, and no more than ``max_bytes`` of them once the
-        first is taken (one record is always returned if there is one).
-        """
+    def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
+        # Fetched in slices, so a byte bound reached early does not load the rest of ``limit``.
         query = (
             "SELECT topic_id, rlid, wrapper FROM events WHERE topic_id = ? AND rlid > ? ORDER BY rlid LIMIT ?"
         )
-        runs = [
-            _bounded(map(Record._make, self._query(query, (topic_id, after, limit))), max_bytes)
-            for topic_id in topic_ids
-        ]
-        return _merge(runs, limit, max_bytes)
+        records: list[Record] = []
+        size = 0
+        while len(records) < limit and size < max_bytes:
+            start = records[-1].rlid if records else after
+            rows = self._query(query, (topic_id, start, min(READ_SLICE, limit - len(records))))
+            for row in rows:
+                records.append(Record._make(row))
+                size += len(row[2])
+                if size >= max_bytes:
+                    break
+            if len(rows) < READ_SLICE:
+                break
+        return records
 
     def last_rlid(self) -> bytes:
-        """The highest RLID ever committed (all zeros for an empty log)."""
-        row = self._query("SELECT max(rlid) FROM events").fetchone()
-        return row[0] or ZERO_RLID
+        return self._query("SELECT max(rlid) FROM events")[0][0] or ZERO_RLID
 
-    def counts(self) -> dict[bytes, int]:
-        """Number of events per topic id."""
-        return dict(self._query("SELECT topic_id, count(*) FROM events GROUP BY topic_id").fetchall())
+    def topic_stats(self) -> dict[bytes, TopicStats]:
+        rows = self._query(
+            "SELECT topic_id, count(*), sum(length(wrapper)), max(rlid) FROM events GROUP BY topic_id"
+        )
+        return {topic_id: TopicStats(events, size, last) for topic_id, events, size, last in rows}
+
+    def group_positions(self, group_id: bytes) -> dict[bytes, bytes]:
+        return dict(self._query("SELECT topic_id, rlid FROM group_positions WHERE group_id = ?", (group_id,)))
+
+    def save_group_positions(self, group_id: bytes, positions: dict[bytes, bytes]) -> None:
+        rows = [(group_id, topic_id, rlid) for topic_id, rlid in positions.items()]
+        self._write(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO group_positions (group_id, topic_id, rlid) VALUES (?, ?, ?)", rows
+            )
+        )
+
+    def destroy_topic(self, topic_id: bytes) -> None:
+        def delete(db) -> None:
+            db.execute("DELETE FROM events WHERE topic_id = ?", (topic_id,))
+            db.execute("DELETE FROM group_positions WHERE topic_id = ?", (topic_id,))
+
+        self._write(delete)
 
     def probe(self) -> None:
-        """Write and commit a few bytes: raises StoreError while the log cannot be written."""
         self._write(
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed', ?)", (str(time.time()),)
@@ -154,27 +225,44 @@ class MemoryEventLog:
     def __init__(self) -> None:
         self._rlids: dict[bytes, list[bytes]] = {}
         self._records: dict[bytes, list[Record]] = {}
+        self._bytes: dict[bytes, int] = {}
+        self._groups: dict[bytes, dict[bytes, bytes]] = {}
         self._last = ZERO_RLID
 
     def append(self, records: list[Record]) -> None:
         for record in records:
             self._rlids.setdefault(record.topic_id, []).append(record.rlid)
             self._records.setdefault(record.topic_id, []).append(record)
+            self._bytes[record.topic_id] = self._bytes.get(record.topic_id, 0) + len(record.wrapper)
         if records:
             self._last = records[-1].rlid
 
-    def read_after(self, topic_ids: list[bytes], after: bytes, limit: int, max_bytes: int) -> list[Record]:
-        runs = []
-        for topic_id in topic_ids:
-            start = bisect.bisect_right(self._rlids.get(topic_id, []), after)
-            runs.append(_bounded(iter(self._records.get(topic_id, [])[start : start + limit]), max_bytes))
-        return _merge(runs, limit, max_bytes)
+    def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
+        start = bisect.bisect_right(self._rlids.get(topic_id, []), after)
+        return _bounded(iter(self._records.get(topic_id, [])[start : start + limit]), max_bytes)
 
     def last_rlid(self) -> bytes:
         return self._last
 
-    def counts(self) -> dict[bytes, int]:
-        return {topic_id: len(records) for topic_id, records in self._records.items()}
+    def topic_stats(self) -> dict[bytes, TopicStats]:
+        return {
+            topic_id: TopicStats(len(records), self._bytes[topic_id], records[-1].rlid)
+            for topic_id, records in self._records.items()
+            if records
+        }
+
+    def group_positions(self, group_id: bytes) -> dict[bytes, bytes]:
+        return dict(self._groups.get(group_id, {}))
+
+    def save_group_positions(self, group_id: bytes, positions: dict[bytes, bytes]) -> None:
+        self._groups.setdefault(group_id, {}).update(positions)
+
+    def destroy_topic(self, topic_id: bytes) -> None:
+        self._records.pop(topic_id, None)
+        self._rlids.pop(topic_id, None)
+        self._bytes.pop(topic_id, None)
+        for positions in self._groups.values():
+            positions.pop(topic_id, None)
 
     def probe(self) -> None:
         """Memory can always be written."""
@@ -194,22 +282,6 @@ def _bounded(records, max_bytes: int) -> list[Record]:
         if size >= max_bytes:
             break
     return taken
-
-
-def _merge(runs: list[list[Record]], limit: int, max_bytes: int) -> list[Record]:
-    """Merge per-topic runs (each in RLID order) into one run within ``limit`` and ``max_bytes``.
-
-    A run cut short by the byte bound ends the merge at its last record, so no
-    record of another topic past that point is returned before it.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    ends = [run[-1].rlid for run in runs if run and (len(run) == limit or _size(run) >= max_bytes)]
-    horizon = min(ends) if ends else None
-    merged = heapq.merge(*runs, key=lambda record: record.rlid)
-    return _bounded((record for record in merged if horizon is None or record.rlid <= horizon), max_bytes)[
-        :limit
-    ]
 
 
 def _size(run: list[Record]) -> int:

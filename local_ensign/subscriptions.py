@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 
-from .eventlog import EventLog, Record
+from .eventlog import EventLog, Record, read_topics
 from .storage import StoreError
 
 log = logging.getLogger("local_ensign.subscriptions")
@@ -167,7 +167,7 @@ class Subscription:
     async def _read_log(self) -> list[Record]:
         """The next events from the log; when it is all read, go back to live buffering."""
         try:
-            batch = self._log.read_after(sorted(self.topic_ids), self._tail, READ_EVENTS, READ_BYTES)
+            batch = read_topics(self._log, sorted(self.topic_ids), self._tail, READ_EVENTS, READ_BYTES)
         except StoreError as err:
             log.warning("a lagging subscriber could not read the event log, retrying: %s", err)
             await asyncio.sleep(READ_RETRY)

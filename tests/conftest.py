@@ -21,10 +21,22 @@ def run(coroutine: Coroutine, timeout: float = 120.0):
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
+STORES = ("sqlite", "memory")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses a server once per store, unless its module says which stores matter.
+
+    A module sets ``SERVER_STORES = ("sqlite",)`` when what it tests does not depend on the store.
+    """
+    if "server" in metafunc.fixturenames:
+        metafunc.parametrize("store", getattr(metafunc.module, "SERVER_STORES", STORES), scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """One durable server per test module, on free ports, in a temporary data directory."""
-    instance = LocalEnsign(tmp_path_factory.mktemp("ensign"), project="tests").start()
+def server(store: str, tmp_path_factory: pytest.TempPathFactory):
+    """One server per test module and store, on free ports, in a temporary data directory."""
+    instance = LocalEnsign(tmp_path_factory.mktemp("ensign"), project="tests", store=store).start()
     yield instance
     instance.stop()
 
@@ -66,7 +78,7 @@ def stored_records(data_dir: Path, topic_id: str) -> list[dict]:
     """Every stored event of a topic, read straight from the durable event log, in log order."""
     log = SQLiteEventLog(data_dir)
     try:
-        records = log.read_after([parse_ulid(topic_id)], ZERO_RLID, 10**9, 2**62)
+        records = log.read(parse_ulid(topic_id), ZERO_RLID, 10**9, 2**62)
     finally:
         log.close()
     out = []

@@ -8,6 +8,8 @@ from helpers.sentiment_app import Monitor, run_app
 from helpers.streams import json_event
 from tests.conftest import run
 
+SERVER_STORES = ("sqlite",)  # this tests the application, not the store
+
 RECORDS = shuffled(load_records())[:400]
 
 

@@ -26,6 +26,8 @@ from local_ensign.launcher import LaunchError, LocalEnsign
 from local_ensign.tokens import ALGORITHM, SigningKeyError, TokenIssuer, load_signing_key
 from tests.conftest import AckCounter, run
 
+SERVER_STORES = ("sqlite",)  # authentication and keys do not depend on where events are stored
+
 
 def wrong_secret_kwargs(server: LocalEnsign) -> dict:
     kwargs = server.client_kwargs()

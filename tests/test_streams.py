@@ -11,6 +11,8 @@ from local_ensign.launcher import LocalEnsign
 from local_ensign.service import MAX_EVENT_SIZE
 from tests.conftest import run
 
+SERVER_STORES = ("sqlite",)  # these test the helpers, not the store
+
 
 def test_publish_records_returns_once_every_event_is_acked_or_nacked(new_client):
     async def body():
