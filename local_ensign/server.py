@@ -157,7 +157,9 @@ async def serve(config: ServerConfig) -> None:
         catalog, event_log, issuer = _open_stores(config, data_dir, stack)
         registry = SubscriptionRegistry(event_log)
         committer = Committer(event_log, registry)
-        service = EnsignService(catalog, committer, registry, issuer, server_id=f"local-{os.getpid()}")
+        service = EnsignService(
+            catalog, event_log, committer, registry, issuer, server_id=f"local-{os.getpid()}"
+        )
 
         grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
         grpc_server.add_generic_rpc_handlers((method_handlers(service),))
