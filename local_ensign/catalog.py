@@ -17,7 +17,7 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .ids import new_ulid
@@ -26,6 +26,7 @@ from .storage import StoreError, connect, store_error, write_transaction
 TOPIC_NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 MAX_TOPIC_NAME = 512
 WRITE_LOCK_TIMEOUT = 2.0
+READY, READONLY, DELETING = "READY", "READONLY", "DELETING"  # a topic's states, as Ensign names them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE TABLE IF NOT EXISTS topics (
     id BLOB PRIMARY KEY, project_id BLOB NOT NULL REFERENCES projects(id),
-    name TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL,
+    name TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL, state TEXT NOT NULL DEFAULT 'READY',
     UNIQUE (project_id, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +80,12 @@ class Topic:
     name: str
     created: float
     modified: float
+    state: str = READY  # READY, READONLY (archived) or DELETING (being destroyed)
+
+    @property
+    def live(self) -> bool:
+        """True unless the topic is being destroyed: it still has a name, events and a place in lists."""
+        return self.state != DELETING
 
 
 def validate_topic_name(name: str) -> None:
@@ -108,6 +115,7 @@ class Catalog:
         self._by_name: dict[tuple[bytes, str], Topic] = {}
         try:
             self._db.executescript(_SCHEMA)
+            self._add_state_column()
             self._reload_topics()
         except sqlite3.Error as err:
             self.close()
@@ -117,9 +125,15 @@ class Catalog:
         self._keys_db.close()
         self._db.close()
 
+    def _add_state_column(self) -> None:
+        """Give a catalog made before topics had states its ``state`` column (every topic READY)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(topics)")}
+        if "state" not in columns:
+            self._db.execute("ALTER TABLE topics ADD COLUMN state TEXT NOT NULL DEFAULT 'READY'")
+
     def _reload_topics(self) -> None:
         rows = self._db.execute(
-            "SELECT id, project_id, name, created, modified FROM topics ORDER BY created, id"
+            "SELECT id, project_id, name, created, modified, state FROM topics ORDER BY created, id"
         ).fetchall()
         self._topics = {row[0]: Topic(*row) for row in rows}
         self._by_name = {(t.project_id, t.name): t for t in self._topics.values()}
@@ -226,14 +240,46 @@ class Catalog:
             self._by_name[(project_id, name)] = topic
         return topic
 
+    def set_state(self, topic_id: bytes, state: str) -> Topic:
+        """Move a topic to ``state`` (READONLY to archive it, DELETING before destroying it), durably."""
+        with self._lock:
+            topic = self._topics[topic_id]
+            changed = replace(topic, state=state, modified=time.time())
+            write_transaction(
+                self._db,
+                self.path,
+                lambda db: db.execute(
+                    "UPDATE topics SET state = ?, modified = ? WHERE id = ?",
+                    (state, changed.modified, topic_id),
+                ),
+            )
+            self._topics[topic_id] = changed
+            self._by_name[(topic.project_id, topic.name)] = changed
+        return changed
+
+    def remove_topic(self, topic_id: bytes) -> None:
+        """Forget a topic once its events are gone: its name can be used again."""
+        with self._lock:
+            write_transaction(
+                self._db, self.path, lambda db: db.execute("DELETE FROM topics WHERE id = ?", (topic_id,))
+            )
+            topic = self._topics.pop(topic_id, None)
+            if topic is not None:
+                self._by_name.pop((topic.project_id, topic.name), None)
+
+    def deleting(self) -> list[Topic]:
+        """Topics whose destruction a stopped server left unfinished."""
+        return [t for t in self._topics.values() if t.state == DELETING]
+
     def topic(self, topic_id: bytes) -> Topic | None:
         """The topic with this id, or None."""
         return self._topics.get(topic_id)
 
     def topic_named(self, project_id: bytes, name: str) -> Topic | None:
-        """The project's topic called ``name``, or None."""
-        return self._by_name.get((project_id, name))
+        """The project's topic called ``name``, or None (a topic being destroyed has no name any more)."""
+        topic = self._by_name.get((project_id, name))
+        return topic if topic is not None and topic.live else None
 
     def topics(self, project_id: bytes) -> list[Topic]:
-        """The project's topics in creation (id) order."""
-        return [t for t in self._topics.values() if t.project_id == project_id]
+        """The project's topics in creation (id) order, leaving out those being destroyed."""
+        return [t for t in self._topics.values() if t.project_id == project_id and t.live]

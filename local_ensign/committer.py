@@ -66,13 +66,21 @@ class PendingReply:
     reply: ensign_pb2.PublisherReply | None  # None ends the stream
 
 
+@dataclass(slots=True)
+class PendingDestroy:
+    """Remove a topic's events once everything queued before this is committed."""
+
+    topic_id: bytes
+    done: asyncio.Future
+
+
 class Committer:
     """Batches events into event-log transactions and acks them once written."""
 
     def __init__(self, log_: EventLog, registry: SubscriptionRegistry) -> None:
         self._log = log_
         self._registry = registry
-        self._queue: asyncio.Queue[PendingEvent | PendingReply] = asyncio.Queue()
+        self._queue: asyncio.Queue[PendingEvent | PendingReply | PendingDestroy] = asyncio.Queue()
         self._rlids = RLIDSequence(log_.last_rlid())
         self._offsets = {topic_id: stats.events for topic_id, stats in log_.topic_stats().items()}
         self.committed = 0
@@ -85,6 +93,16 @@ class Committer:
     def submit(self, item: PendingEvent | PendingReply) -> None:
         """Queue an event to store, or a reply to send in its turn."""
         self._queue.put_nowait(item)
+
+    async def destroy_topic(self, topic_id: bytes) -> None:
+        """Remove a topic's events and group positions, after any of its events already queued.
+
+        Publishes to the topic are refused before this is called, so nothing of it
+        can be committed afterwards. Raises StoreError if the log cannot do it.
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(PendingDestroy(topic_id, done))
+        await done
 
     async def run(self) -> None:
         """Commit batches until cancelled; probe the log while it cannot be written."""
@@ -108,15 +126,7 @@ class Committer:
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
 
-    async def drain(self) -> None:
-        """Commit what is queued now (at shutdown, once no stream can add more)."""
-        batch = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[PendingEvent | PendingReply]) -> None:
+    async def _commit(self, batch: list[PendingEvent | PendingReply | PendingDestroy]) -> None:
         stamp = Timestamp()
         stamp.GetCurrentTime()
         committed = wire.timestamp(stamp)
@@ -136,7 +146,9 @@ class Committer:
             self._offsets = offsets
             self.committed += len(records)
         for item in batch:
-            if isinstance(item, PendingReply):
+            if isinstance(item, PendingDestroy):
+                self._destroy(item)
+            elif isinstance(item, PendingReply):
                 item.outbox.put_nowait(item.reply)
             elif error is None:
                 item.outbox.put_nowait(wire.ack_reply(item.local_id, committed))
@@ -145,6 +157,15 @@ class Committer:
                 item.outbox.put_nowait(ensign_pb2.PublisherReply(nack=nack))
         if error is None:
             self._registry.publish(records)
+
+    def _destroy(self, item: PendingDestroy) -> None:
+        try:
+            self._log.destroy_topic(item.topic_id)
+        except StoreError as err:
+            item.done.set_exception(err)
+            return
+        self._offsets.pop(item.topic_id, None)
+        item.done.set_result(None)
 
     async def _write(self, records: list[Record]) -> str | None:
         """Append records to the log; return None on success, else the nack's text."""

@@ -1,8 +1,8 @@
 """The gRPC service: Ensign's v1beta1 API over the catalog and the event log.
 
 Implemented: Publish, Subscribe, EnSQL, Explain, CreateTopic, ListTopics,
-TopicExists, RetrieveTopic, TopicNames and Status. DeleteTopic, SetTopicPolicy and
-Info answer UNIMPLEMENTED (they are planned, not faked).
+TopicExists, RetrieveTopic, TopicNames, DeleteTopic (archive and destroy), Info and
+Status. SetTopicPolicy answers UNIMPLEMENTED (planned, not faked).
 Every call but Status needs a valid bearer token from the auth endpoint, and
 sees only the topics of the project named in that token.
 
@@ -29,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pyensign.api.v1beta1 import ensign_pb2, event_pb2, query_pb2, topic_pb2
 
 from . import __version__, ensql, wire
-from .catalog import Catalog, InvalidTopicName, Topic, TopicExistsError
+from .catalog import DELETING, READONLY, Catalog, InvalidTopicName, Topic, TopicExistsError
 from .committer import Committer, PendingEvent, PendingReply
 from .eventlog import EventLog
 from .ids import ZERO_RLID, parse_ulid, ulid_to_str
@@ -71,6 +71,7 @@ class EnsignService:
         self.issuer = issuer
         self.server_id = server_id
         self.started = time.monotonic()
+        self._background: set[asyncio.Task] = set()  # destructions under way
 
     # Authorization ---------------------------------------------------------------------
 
@@ -185,7 +186,8 @@ class EnsignService:
             project_id=topic.project_id,
             name=topic.name,
             offset=self.committer.offset(topic.id),
-            status=topic_pb2.TopicState.READY,
+            readonly=topic.state == READONLY,
+            status=topic_pb2.TopicState.Value(topic.state),
             deduplication=topic_pb2.Deduplication(
                 strategy=topic_pb2.Deduplication.Strategy.NONE,
                 offset=topic_pb2.Deduplication.OffsetPosition.OFFSET_EARLIEST,
@@ -258,6 +260,13 @@ class EnsignService:
         topic = self.catalog.topic(wrapper.topic_id) if len(wrapper.topic_id) == 16 else None
         if topic is None or topic.project_id != claims.project_id:
             return NackCode.TOPIC_UNKNOWN, "topic unknown or not in this project"
+        if topic.state == READONLY:
+            return (
+                NackCode.TOPIC_ARCHIVED,
+                f"topic {topic.name!r} is archived: it can be queried, not published to",
+            )
+        if topic.state == DELETING:
+            return NackCode.TOPIC_DELETED, f"topic {topic.name!r} is being destroyed"
         return event_problem(wrapper.event)
 
     # Subscribe -----------------------------------------------------------------------
@@ -304,8 +313,6 @@ class EnsignService:
             if topic is not None:
                 matched[topic.id] = topic
         return list(matched.values())
-
-    # Not yet implemented -------------------------------------------------------------
 
     # EnSQL ---------------------------------------------------------------------------
 
@@ -366,12 +373,105 @@ class EnsignService:
             )
         return query, target, self.catalog.topic_named(claims.project_id, target.topic)
 
+    # Topic lifecycle and Info ----------------------------------------------------------
+
+    async def DeleteTopic(self, request: topic_pb2.TopicMod, context) -> topic_pb2.TopicStatus:
+        """ARCHIVE makes a topic read-only; DESTROY answers DELETING and then removes it entirely."""
+        Operation = topic_pb2.TopicMod.Operation
+        permission = {Operation.ARCHIVE: "topics:edit", Operation.DESTROY: "topics:destroy"}
+        needed = [permission[request.operation]] if request.operation in permission else permission.values()
+        claims = await self._authorize(context, *needed)
+        if request.operation not in permission:
+            await context.abort(Code.INVALID_ARGUMENT, "the operation must be ARCHIVE or DESTROY")
+        try:
+            parse_ulid(request.id)
+        except ValueError:
+            await context.abort(Code.INVALID_ARGUMENT, "the topic id is missing or not a ULID")
+        topic = self._own_topic(claims, request.id)
+        if topic is None:
+            await context.abort(Code.NOT_FOUND, "topic not found")
+        if not topic.live:
+            await context.abort(Code.FAILED_PRECONDITION, "the topic is already being destroyed")
+        state = READONLY if request.operation == Operation.ARCHIVE else DELETING
+        try:
+            await asyncio.to_thread(self.catalog.set_state, topic.id, state)
+        except StoreError as err:
+            await context.abort(Code.UNAVAILABLE, f"could not change topic {topic.name!r}: {err}")
+        if state == DELETING:
+            task = asyncio.create_task(self._destroy(topic))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        log.info("topic %s (%s) is now %s", topic.name, ulid_to_str(topic.id), state)
+        return topic_pb2.TopicStatus(id=request.id, state=topic_pb2.TopicState.Value(state))
+
+    async def finish_destructions(self) -> None:
+        """Complete the destructions a stopped server left half done (their topics say DELETING)."""
+        for topic in self.catalog.deleting():
+            await self._destroy(topic)
+
+    async def _destroy(self, topic: Topic) -> None:
+        """Remove a topic's events and positions, then its name (a stopped server finishes at start-up)."""
+        try:
+            await self.committer.destroy_topic(topic.id)
+            await asyncio.to_thread(self.catalog.remove_topic, topic.id)
+        except StoreError as err:
+            log.error("could not finish destroying topic %s; the next start will: %s", topic.name, err)
+            return
+        log.info("topic %s (%s) destroyed", topic.name, ulid_to_str(topic.id))
+
+    async def Info(self, request: ensign_pb2.InfoRequest, context) -> ensign_pb2.ProjectInfo:
+        """Counts and sizes of the project's topics (or the ones asked for), computed from the log."""
+        claims = await self._authorize(context, "topics:read")
+        if "metrics:read" not in claims.permissions:
+            await context.abort(
+                Code.PERMISSION_DENIED, "not authorized to perform this action (needs metrics:read)"
+            )
+        wanted = set()
+        for topic_id in request.topics:
+            if len(topic_id) != 16:
+                await context.abort(Code.INVALID_ARGUMENT, f"a topic id is 16 bytes, got {len(topic_id)}")
+            wanted.add(bytes(topic_id))
+        topics = [t for t in self.catalog.topics(claims.project_id) if not wanted or t.id in wanted]
+        info = ensign_pb2.ProjectInfo(
+            project_id=claims.project_id,
+            num_topics=len(topics),
+            num_readonly_topics=sum(topic.state == READONLY for topic in topics),
+        )
+        for topic in topics:
+            topic_info = await self._topic_info(topic)
+            info.events += topic_info.events
+            info.data_size_bytes += topic_info.data_size_bytes
+            info.topics.append(topic_info)
+        return info
+
+    async def _topic_info(self, topic: Topic) -> topic_pb2.TopicInfo:
+        """One topic's totals and its breakdown by event type and mimetype, read a batch at a time."""
+        info = topic_pb2.TopicInfo(topic_id=topic.id, project_id=topic.project_id)
+        by_type: dict[tuple, topic_pb2.EventTypeInfo] = {}
+        position = ZERO_RLID
+        while batch := self.event_log.read(topic.id, position, QUERY_READ_EVENTS, QUERY_READ_BYTES):
+            for record in batch:
+                wrapper = event_pb2.EventWrapper.FromString(record.wrapper)
+                event = event_pb2.Event.FromString(wrapper.event)
+                key = (event.type.SerializeToString(deterministic=True), event.mimetype)
+                if key not in by_type:
+                    by_type[key] = topic_pb2.EventTypeInfo(type=event.type, mimetype=event.mimetype)
+                for totals in (info, by_type[key]):
+                    totals.events += 1
+                    totals.data_size_bytes += len(record.wrapper)
+                    totals.modified.CopyFrom(wrapper.committed)
+            position = batch[-1].rlid
+            info.event_offset_id = position
+            await asyncio.sleep(0)  # a large topic is read in steps, never holding up the loop
+        info.types.extend(by_type.values())
+        return info
+
     # Not yet implemented -------------------------------------------------------------
 
     async def _unimplemented(self, request, context):
         await context.abort(Code.UNIMPLEMENTED, "not implemented by local_ensign yet")
 
-    DeleteTopic = SetTopicPolicy = Info = _unimplemented
+    SetTopicPolicy = _unimplemented
 
 
 class InFlight:
