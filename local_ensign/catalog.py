@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS projects (
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     client_id TEXT PRIMARY KEY, key_id BLOB NOT NULL, secret_hash TEXT NOT NULL,
-    project_id BLOB NOT NULL REFERENCES projects(id), created REAL NOT NULL
+    project_id BLOB NOT NULL REFERENCES projects(id), created REAL NOT NULL, permissions TEXT
 );
 CREATE TABLE IF NOT EXISTS topics (
     id BLOB PRIMARY KEY, project_id BLOB NOT NULL REFERENCES projects(id),
@@ -71,6 +71,7 @@ class ApiKey:
     secret_hash: str
     project_id: bytes
     org_id: bytes
+    permissions: tuple[str, ...] | None = None  # None: every permission (a "full" key)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Catalog:
         self._by_name: dict[tuple[bytes, str], Topic] = {}
         try:
             self._db.executescript(_SCHEMA)
-            self._add_state_column()
+            self._add_columns()
             self._reload_topics()
         except sqlite3.Error as err:
             self.close()
@@ -125,11 +126,15 @@ class Catalog:
         self._keys_db.close()
         self._db.close()
 
-    def _add_state_column(self) -> None:
-        """Give a catalog made before topics had states its ``state`` column (every topic READY)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(topics)")}
-        if "state" not in columns:
-            self._db.execute("ALTER TABLE topics ADD COLUMN state TEXT NOT NULL DEFAULT 'READY'")
+    def _add_columns(self) -> None:
+        """Give a catalog made by an earlier version the columns it lacks (with their defaults)."""
+        added = {
+            "topics": ("state", "TEXT NOT NULL DEFAULT 'READY'"),  # every topic READY
+            "api_keys": ("permissions", "TEXT"),  # NULL: every permission, as keys had then
+        }
+        for table, (column, definition) in added.items():
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def _reload_topics(self) -> None:
         rows = self._db.execute(
@@ -184,16 +189,22 @@ class Catalog:
             write_transaction(self._db, self.path, find_or_create)
         return Project(*found[0])
 
-    def add_api_key(self, client_id: str, secret_hash: str, project: Project) -> None:
-        """Store a new API key for ``project``; the secret is stored only as its hash."""
-        row = (client_id, new_ulid(), secret_hash, project.id, time.time())
+    def add_api_key(
+        self, client_id: str, secret_hash: str, project: Project, permissions: tuple[str, ...] | None = None
+    ) -> None:
+        """Store a new API key for ``project``; the secret is stored only as its hash.
+
+        ``permissions`` limits what the key's tokens may do; None grants everything.
+        """
+        granted = None if permissions is None else " ".join(permissions)
+        row = (client_id, new_ulid(), secret_hash, project.id, time.time(), granted)
         with self._lock:
             write_transaction(
                 self._db,
                 self.path,
                 lambda db: db.execute(
-                    "INSERT INTO api_keys (client_id, key_id, secret_hash, project_id, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO api_keys (client_id, key_id, secret_hash, project_id, created, permissions)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     row,
                 ),
             )
@@ -203,13 +214,16 @@ class Catalog:
         try:
             with self._keys_lock:
                 row = self._keys_db.execute(
-                    "SELECT k.client_id, k.key_id, k.secret_hash, k.project_id, p.org_id"
+                    "SELECT k.client_id, k.key_id, k.secret_hash, k.project_id, p.org_id, k.permissions"
                     " FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.client_id = ?",
                     (client_id,),
                 ).fetchone()
         except sqlite3.Error as err:
             raise store_error(self.path, err) from None
-        return ApiKey(*row) if row else None
+        if row is None:
+            return None
+        granted = row[5]
+        return ApiKey(*row[:5], permissions=None if granted is None else tuple(granted.split()))
 
     # Topics -------------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ import json
 import os
 import secrets
 import string
+from collections.abc import Iterable
 from pathlib import Path
 
 from .catalog import ApiKey, Catalog
+from .tokens import PERMISSIONS
 
 _ALPHABET = string.ascii_letters + string.digits
 _ITERATIONS = 20_000
@@ -50,15 +52,24 @@ def secret_matches(secret: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-def create_api_key(catalog: Catalog, project_name: str) -> dict[str, str]:
-    """Create a key with every permission on ``project_name`` (made if new).
+def create_api_key(
+    catalog: Catalog, project_name: str, permissions: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Create a key on ``project_name`` (made if new), with every permission or only ``permissions``.
 
     Returns ``{"ClientID": ..., "ClientSecret": ...}``, the only time the secret is seen.
+    Raises ValueError naming any permission Ensign does not define.
     """
+    granted = None if permissions is None else tuple(dict.fromkeys(permissions))
+    unknown = [name for name in granted or () if name not in PERMISSIONS]
+    if unknown or granted == ():
+        raise ValueError(
+            f"unknown permission {', '.join(unknown)}" if unknown else "a key needs at least one permission"
+        )
     project = catalog.ensure_project(project_name)
     client_id = _random_text(32, string.ascii_letters)
     secret = _random_text(64)
-    catalog.add_api_key(client_id, hash_secret(secret), project)
+    catalog.add_api_key(client_id, hash_secret(secret), project, granted)
     return {"ClientID": client_id, "ClientSecret": secret}
 
 

@@ -86,7 +86,7 @@ class EnsignService:
         except InvalidToken:
             await context.abort(Code.UNAUTHENTICATED, "invalid credentials")
         if any_of and not claims.permissions.intersection(any_of):
-            await context.abort(Code.PERMISSION_DENIED, "not authorized to perform this action")
+            await context.abort(Code.PERMISSION_DENIED, _denied(*any_of))
         return claims
 
     # Status --------------------------------------------------------------------------
@@ -199,10 +199,11 @@ class EnsignService:
     # Publish -------------------------------------------------------------------------
 
     async def Publish(self, requests: AsyncIterator[ensign_pb2.PublisherRequest], context):
-        claims = await self._authorize(context, "publisher")
+        # Read the opening message before any refusal, which would otherwise race the client's write.
         first = await _first(requests)
         if first is None:
             return
+        claims = await self._authorize(context, "publisher")
         if not first.HasField("open_stream"):
             await context.abort(Code.INVALID_ARGUMENT, "the first message must open the stream")
         topics = self.catalog.topics(claims.project_id)
@@ -272,10 +273,11 @@ class EnsignService:
     # Subscribe -----------------------------------------------------------------------
 
     async def Subscribe(self, requests: AsyncIterator[ensign_pb2.SubscribeRequest], context):
-        claims = await self._authorize(context, "subscriber")
+        # Read the opening message before any refusal, which would otherwise race the client's write.
         first = await _first(requests)
         if first is None:
             return
+        claims = await self._authorize(context, "subscriber")
         if not first.HasField("subscription"):
             await context.abort(Code.INVALID_ARGUMENT, "the first message must be a subscription")
         topics = self._match_topics(claims, first.subscription.topics)
@@ -423,9 +425,7 @@ class EnsignService:
         """Counts and sizes of the project's topics (or the ones asked for), computed from the log."""
         claims = await self._authorize(context, "topics:read")
         if "metrics:read" not in claims.permissions:
-            await context.abort(
-                Code.PERMISSION_DENIED, "not authorized to perform this action (needs metrics:read)"
-            )
+            await context.abort(Code.PERMISSION_DENIED, _denied("metrics:read"))
         wanted = set()
         for topic_id in request.topics:
             if len(topic_id) != 16:
@@ -620,6 +620,11 @@ async def _drain(requests) -> None:
             pass
     except (asyncio.CancelledError, grpc.aio.AioRpcError):
         pass
+
+
+def _denied(*any_of: str) -> str:
+    """The PERMISSION_DENIED message, naming what the key lacks."""
+    return f"not authorized to perform this action: the key needs the {' or '.join(any_of)} permission"
 
 
 def _exists_query(request: topic_pb2.TopicName) -> str:

@@ -162,7 +162,7 @@ class TokenIssuer:
             "nbf": int(now),
             "exp": int(access_exp),
             "jti": str(ULID()),
-            "permissions": list(PERMISSIONS),
+            "permissions": list(PERMISSIONS if api_key.permissions is None else api_key.permissions),
             "account": "sandbox",
             "client_id": api_key.client_id,
         }
