@@ -78,7 +78,7 @@ def test_an_event_subscribers_could_not_receive_is_nacked_and_the_largest_allowe
 
 
 def test_an_event_larger_than_any_message_limit_is_nacked_and_the_events_behind_it_settle(new_client):
-    """An 8 MiB event used to end the publish stream: pyensign never settled the events queued behind it."""
+    """A 12 MiB event used to end the publish stream: pyensign never settled the events queued behind it."""
 
     async def body():
         client = new_client()
@@ -87,7 +87,7 @@ def test_an_event_larger_than_any_message_limit_is_nacked_and_the_events_behind_
         await client.publish(
             "huge-events", json_event({"seq": 0}), on_ack=counter.on_ack, on_nack=counter.on_nack
         )
-        await client.publish("huge-events", event_of_size(8 * 1024 * 1024))
+        await client.publish("huge-events", event_of_size(12 * 1024 * 1024))
         for seq in range(1, 21):
             await client.publish("huge-events", json_event({"seq": seq}))
         await counter.wait_for(22, timeout=60)
