@@ -11,12 +11,18 @@ loop, so the endpoint must never share that loop: it runs in its own thread.
 Every answer is JSON, errors included. A request the endpoint cannot read (a bad
 Content-Length, a body that is not a UTF-8 JSON object, fields of the wrong type)
 gets a 400; a connection that sends nothing for ``READ_TIMEOUT`` seconds is closed.
+
+Given an ``ssl.SSLContext`` it serves HTTPS only. Each connection's TLS handshake
+runs in that connection's own thread, under the same read timeout, so a client
+that connects and stays silent holds up no one else.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,13 +48,35 @@ class _AuthServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
+    def finish_request(self, request: socket.socket, client_address: tuple) -> None:
+        """Serve one connection (in its own thread), after its TLS handshake if it is TLS.
+
+        The listening socket accepts TLS connections without a handshake
+        (``do_handshake_on_connect=False``), so a slow or silent client never blocks
+        the accept loop; a handshake that fails or times out closes only this connection.
+        """
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(READ_TIMEOUT)
+            try:
+                request.do_handshake()
+            except OSError as err:  # ssl.SSLError and TimeoutError are OSErrors
+                log.info("%s: TLS handshake failed: %s", client_address[0], err)
+                return
+        super().finish_request(request, client_address)
+
 
 class AuthEndpoint:
-    """Serves the auth API on ``host:port`` from a background thread."""
+    """Serves the auth API on ``host:port`` from a background thread, over TLS if given a context."""
 
-    def __init__(self, host: str, port: int, catalog: Catalog, issuer: TokenIssuer) -> None:
+    def __init__(
+        self, host: str, port: int, catalog: Catalog, issuer: TokenIssuer, tls: ssl.SSLContext | None = None
+    ) -> None:
         handler = type("Handler", (_AuthHandler,), {"catalog": catalog, "issuer": issuer})
         self._httpd = _AuthServer((host, port), handler)
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="auth-endpoint", daemon=True)
 
     @property

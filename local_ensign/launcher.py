@@ -8,6 +8,11 @@ the client's throughput), on free ports unless told otherwise, with a temporary
 data directory unless given one. The child watches its standard input, which is
 a pipe from this process: when this process ends, however it ends, the pipe
 closes and the child shuts down, so it never outlives the process that started it.
+
+Given ``tls_cert`` and ``tls_key``, the server speaks TLS only and ``client_kwargs()``
+asks for a TLS connection; pyensign trusts the roots gRPC finds, so the client's
+process must trust the certificate's CA (``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`` for
+gRPC, ``SSL_CERT_FILE`` for the auth request), set before it first uses gRPC.
 """
 
 from __future__ import annotations
@@ -29,17 +34,25 @@ from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc
 
 from .catalog import Catalog
 from .credentials import create_api_key
-from .server import READY_PREFIX, read_state
+from .server import READY_PREFIX, read_state, serves_tls
 
 _READY = re.compile(r"gRPC at (?P<endpoint>\S+), auth at (?P<auth_url>\S+),")
 
 
-def ask_status(endpoint: str, timeout: float = 2.0) -> ensign_pb2.ServiceState:
+def ask_status(
+    endpoint: str, timeout: float = 2.0, *, tls: bool = False, root_certificates: bytes | None = None
+) -> ensign_pb2.ServiceState:
     """The ``Status`` of the Ensign server at ``endpoint`` (public: no token needed).
 
+    Over TLS if ``tls`` or ``root_certificates`` is given, trusting those PEM roots, else
+    the roots gRPC finds (``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``, else its own bundle).
     Raises ``grpc.RpcError`` if nothing answers within ``timeout`` seconds.
     """
-    with grpc.insecure_channel(endpoint) as channel:
+    if tls or root_certificates:
+        channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates))
+    else:
+        channel = grpc.insecure_channel(endpoint)
+    with channel:
         return ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
 
 
@@ -49,7 +62,7 @@ def running_server(data_dir: str | Path, timeout: float = 2.0) -> dict | None:
     if not state:
         return None
     try:
-        ask_status(state["endpoint"], timeout)
+        ask_status(state["endpoint"], timeout, tls=serves_tls(state))
     except grpc.RpcError:
         return None
     return state
@@ -72,7 +85,11 @@ class LocalEnsign:
         access_ttl: float | None = None,
         port: int = 0,
         auth_port: int = 0,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="local-ensign-"))
         self.project = project
@@ -81,6 +98,8 @@ class LocalEnsign:
         self.access_ttl = access_ttl
         self.port = port
         self.auth_port = auth_port
+        self.tls_cert = Path(tls_cert) if tls_cert is not None else None
+        self.tls_key = Path(tls_key) if tls_key is not None else None
         self.endpoint = ""
         self.auth_url = ""
         self.credentials: dict[str, str] | None = None
@@ -111,6 +130,8 @@ class LocalEnsign:
         ]
         if self.access_ttl:
             command += ["--access-ttl", str(self.access_ttl)]
+        if self.tls:
+            command += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         # Like every file in the data directory, the log is its owner's alone (0600).
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log:
@@ -134,6 +155,11 @@ class LocalEnsign:
         atexit.register(self.stop)
         return self
 
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS (gRPC and the auth endpoint alike)."""
+        return self.tls_cert is not None
+
     def _read_ready_line(self, timeout: float) -> str:
         assert self.process is not None and self.process.stdout is not None
         deadline = time.monotonic() + timeout
@@ -156,7 +182,10 @@ class LocalEnsign:
             catalog.close()
 
     def client_kwargs(self, credentials: dict[str, str] | None = None) -> dict:
-        """Keyword arguments for ``pyensign.ensign.Ensign(...)`` to reach this server."""
+        """Keyword arguments for ``pyensign.ensign.Ensign(...)`` to reach this server.
+
+        With TLS the client must trust the certificate's CA: see the module's docstring.
+        """
         credentials = credentials or self.credentials
         if credentials is None or not self.endpoint:
             raise LaunchError("the server has not been started")
@@ -164,7 +193,7 @@ class LocalEnsign:
             "client_id": credentials["ClientID"],
             "client_secret": credentials["ClientSecret"],
             "endpoint": self.endpoint,
-            "insecure": True,
+            "insecure": not self.tls,
             "auth_url": self.auth_url,
         }
 

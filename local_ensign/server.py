@@ -8,6 +8,10 @@ Everything it writes is its owner's alone (a 0700 directory of 0600 files), and
 a data directory it cannot use (a damaged or foreign file, a full or read-only
 disk, a missing events file) stops it with one line that names the file, the
 problem and what to do.
+
+Given a certificate and its key (``tls_cert``/``tls_key``), it serves both gRPC and
+the auth endpoint over TLS only; a certificate or key it cannot use stops it with
+one line naming the file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -69,6 +74,17 @@ class ServerConfig:
     sync: str = "full"  # or "normal": commits reach the file but are fsynced only at checkpoints
     access_ttl: float = ACCESS_TTL
     exit_with_parent: bool = False  # stop when standard input closes
+    tls_cert: Path | None = None  # PEM certificate (chain) for TLS; with tls_key, TLS only
+    tls_key: Path | None = None  # its unencrypted PEM private key
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate chain and its private key, checked to belong together."""
+
+    cert: bytes
+    key: bytes
+    context: ssl.SSLContext  # a server context holding both, for the auth endpoint
 
 
 def prepare_data_dir(path: Path) -> Path:
@@ -97,6 +113,51 @@ def read_state(data_dir: Path) -> dict | None:
         return json.loads((Path(data_dir) / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def serves_tls(state: dict) -> bool:
+    """Whether the server a ``server.json`` describes speaks TLS (its auth URL says so)."""
+    return str(state.get("auth_url", "")).startswith("https://")
+
+
+class _EncryptedKey(Exception):
+    """Raised from the password callback: the server never prompts for a passphrase."""
+
+
+def _ask_no_passphrase() -> bytes:
+    """Refuse an encrypted key at once instead of letting OpenSSL prompt on the terminal."""
+    raise _EncryptedKey
+
+
+def load_tls(cert_path: Path, key_path: Path) -> TlsFiles:
+    """Read a PEM certificate and key and check that they belong together, or say which file is wrong.
+
+    gRPC checks nothing until a client connects, so a bad file would otherwise show up
+    only as failed handshakes: everything is checked here, before anything listens.
+    """
+    cert, key = _read_tls_file("certificate", cert_path), _read_tls_file("key", key_path)
+    try:
+        ssl.create_default_context().load_verify_locations(cadata=cert.decode("latin-1"))
+    except ssl.SSLError:
+        raise ServerError(f"TLS certificate {cert_path} holds no PEM certificate") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_path, key_path, password=_ask_no_passphrase)
+    except _EncryptedKey:
+        raise ServerError(f"TLS key {key_path} is encrypted; give the server an unencrypted key") from None
+    except ssl.SSLError as err:
+        if err.reason == "KEY_VALUES_MISMATCH":
+            raise ServerError(f"TLS key {key_path} does not match certificate {cert_path}") from None
+        raise ServerError(f"TLS key {key_path} holds no PEM private key") from None
+    return TlsFiles(cert, key, context)
+
+
+def _read_tls_file(what: str, path: Path) -> bytes:
+    """The bytes of a certificate or key file, or a ServerError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ServerError(f"cannot read TLS {what} {path}: {err.strerror}") from None
 
 
 def _lock_data_dir(data_dir: Path, stack: ExitStack) -> None:
@@ -149,6 +210,7 @@ def _open_stores(
 async def serve(config: ServerConfig) -> None:
     """Run the server until SIGINT/SIGTERM (or, if asked, until standard input closes)."""
     os.umask(0o077)  # every file the server makes is its owner's alone
+    tls = _configured_tls(config)
     data_dir = prepare_data_dir(config.data_dir)
     with ExitStack() as stack:
         _lock_data_dir(data_dir, stack)
@@ -163,14 +225,9 @@ async def serve(config: ServerConfig) -> None:
 
         grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
         grpc_server.add_generic_rpc_handlers((method_handlers(service),))
+        port = _add_port(grpc_server, f"{config.host}:{config.port}", tls)
         try:
-            port = grpc_server.add_insecure_port(f"{config.host}:{config.port}")
-        except RuntimeError:
-            port = 0
-        if not port:
-            raise ServerError(f"cannot listen on {config.host}:{config.port}")
-        try:
-            auth = AuthEndpoint(config.host, config.auth_port, catalog, issuer)
+            auth = AuthEndpoint(config.host, config.auth_port, catalog, issuer, tls.context if tls else None)
         except OSError as err:
             raise ServerError(f"cannot listen on {config.host}:{config.auth_port}: {err.strerror}") from None
 
@@ -178,11 +235,14 @@ async def serve(config: ServerConfig) -> None:
         auth.start()
         stack.callback(auth.stop)
         committing = asyncio.create_task(committer.run(), name="committer")
+        # Topics a stopped server left half destroyed (DELETING) are finished before it says it is
+        # ready. It cannot hang: a log that cannot be written fails at once, and the next start retries.
+        await service.finish_destructions()
 
         state = {
             "pid": os.getpid(),
             "endpoint": f"{config.host}:{port}",
-            "auth_url": f"http://{config.host}:{auth.port}",
+            "auth_url": f"{'https' if tls else 'http'}://{config.host}:{auth.port}",
             "version": __version__,
             "store": config.store,
         }
@@ -204,6 +264,29 @@ async def serve(config: ServerConfig) -> None:
         committing.cancel()  # a commit is never cut in half: it runs without a pause
         await asyncio.gather(committing, return_exceptions=True)
         log.info("stopped: %d events committed since start", committer.committed)
+
+
+def _configured_tls(config: ServerConfig) -> TlsFiles | None:
+    """The checked TLS files if the configuration names both, None if neither."""
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise ServerError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    return load_tls(config.tls_cert, config.tls_key)
+
+
+def _add_port(grpc_server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:
+    """Listen on ``address`` (over TLS if given) and return the port, or raise ServerError."""
+    try:
+        if tls is None:
+            port = grpc_server.add_insecure_port(address)
+        else:
+            port = grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(tls.key, tls.cert)]))
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise ServerError(f"cannot listen on {address}")
+    return port
 
 
 async def _wait_for_stop(exit_with_parent: bool) -> None:
