@@ -1,4 +1,6 @@
-"""Command line: ``python -m local_ensign serve | keys create | status``.
+"""Command line: ``python -m local_ensign serve | keys create | status | topics | tail | query``.
+
+``topics``, ``tail`` and ``query`` are clients of a running server (see ``workshop``).
 
 Every problem a user can fix (a bad flag, a port in use, a data directory that
 cannot be used, no server answering) ends with one line on standard error and a
@@ -11,13 +13,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import grpc
 from pyensign.api.v1beta1 import ensign_pb2
 
-from . import __version__
+from . import __version__, workshop
 from .catalog import Catalog
 from .credentials import create_api_key, write_key_file
 from .launcher import ask_status
@@ -31,7 +34,9 @@ from .server import (
     prepare_data_dir,
     read_state,
     serve,
+    serves_tls,
 )
+from .tokens import PERMISSIONS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -55,11 +60,19 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="local_ensign", description="A local Ensign server for the pyensign client.")
     parser.add_argument("--version", action="version", version=f"local_ensign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     data_help = "data directory (default: $LOCAL_ENSIGN_DATA_DIR or ./.local_ensign)"
+    ca_help = "PEM CA certificate to trust for a TLS server (default: $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
 
     run = commands.add_parser("serve", help="run the server in the foreground")
     run.add_argument("--data-dir", type=Path, default=None, help=data_help)
@@ -98,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when standard input closes (used by the launcher)",
     )
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    run.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="FILE", help="PEM certificate: serve over TLS only"
+    )
+    run.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE", help="the certificate's unencrypted PEM key"
+    )
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True, parser_class=_OneLineParser
@@ -107,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--project", required=True, help="project name")
     create.add_argument(
         "--out", type=Path, default=None, help="write the key file here (mode 600) instead of printing it"
+    )
+    create.add_argument(
+        "--permissions",
+        default=None,
+        metavar="P,P,...",
+        help=f"only these permissions (default: all of {', '.join(PERMISSIONS)})",
     )
 
     status = commands.add_parser("status", help="ask a running server whether it is healthy")
@@ -119,22 +144,58 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--timeout", type=_positive, default=5.0, help="seconds to wait (default %(default)s)"
     )
+    status.add_argument("--ca", type=Path, default=None, metavar="FILE", help=ca_help + ")")
+
+    topics = commands.add_parser("topics", help="list the project's topics with event counts and sizes")
+    tail = commands.add_parser("tail", help="print a topic's events as they arrive")
+    tail.add_argument("topic", help="topic name")
+    tail.add_argument("--count", type=_count, default=None, metavar="N", help="stop after N events")
+    query = commands.add_parser("query", help="run an EnSQL query and print the events it selects")
+    query.add_argument("sql", metavar="SQL", help='e.g. "SELECT * FROM topic LIMIT 10"')
+    for client in (topics, tail, query):
+        client.add_argument("--data-dir", type=Path, default=None, help=data_help + "; its server is used")
+        client.add_argument(
+            "--key",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="API key file (default: $ENSIGN_CLIENT_ID/$ENSIGN_CLIENT_SECRET, else the project's key)",
+        )
+        client.add_argument(
+            "--project",
+            default=workshop.DEFAULT_PROJECT,
+            help="project of the data directory's key, used without --key (default %(default)s)",
+        )
+        client.add_argument(
+            "--ca", type=Path, default=None, metavar="FILE", help=ca_help + ", and $SSL_CERT_FILE for auth)"
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # A client's failures end in one line of ours; gRPC would also log each failed
+        # connection attempt (an untrusted certificate, say) on standard error.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "keys":
             return _keys_create(args)
-        return _status(args)
+        if args.command == "status":
+            return _status(args)
+        return _client_command(args)
     except ServerError as err:
         print(f"local_ensign: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``... | head``): stop quietly, and keep the
+        # interpreter's final flush from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -151,6 +212,8 @@ def _serve(args: argparse.Namespace) -> int:
         store=args.store,
         sync=args.sync,
         exit_with_parent=args.exit_with_parent,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     if args.access_ttl:
         config.access_ttl = args.access_ttl
@@ -161,8 +224,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     data_dir = prepare_data_dir(args.data_dir or default_data_dir())
     catalog = Catalog(data_dir)
+    permissions = (
+        None if args.permissions is None else [p.strip() for p in args.permissions.split(",") if p.strip()]
+    )
     try:
-        credentials = create_api_key(catalog, args.project)
+        credentials = create_api_key(catalog, args.project, permissions)
+    except ValueError as err:
+        raise ServerError(f"{err} (choose from {', '.join(PERMISSIONS)})") from None
     finally:
         catalog.close()
     if args.out is None:
@@ -177,14 +245,31 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    endpoint = args.endpoint
+    """Ask for ``Status``: over TLS when given ``--ca`` or when the data directory's server uses TLS."""
+    root_certificates = workshop.trust_ca(args.ca) if args.ca else None
+    endpoint, tls = args.endpoint, root_certificates is not None
     if endpoint is None:
         state = read_state(args.data_dir or default_data_dir())
         endpoint = state["endpoint"] if state else f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+        tls = tls or (state is not None and serves_tls(state))
     try:
-        state = ask_status(endpoint, args.timeout)
+        state = ask_status(endpoint, args.timeout, tls=tls, root_certificates=root_certificates)
     except grpc.RpcError as err:
-        raise ServerError(f"no Ensign server answering at {endpoint} ({err.code().name})") from None
+        hint = "; is its CA trusted? (--ca FILE)" if tls else ""
+        raise ServerError(f"no Ensign server answering at {endpoint} ({err.code().name}){hint}") from None
     status = ensign_pb2.ServiceState.Status.Name(state.status)
     print(f"{status}: Ensign {state.version} at {endpoint}, up {state.uptime.seconds}s")
     return 0 if status == "HEALTHY" else 1
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """``topics``, ``tail`` or ``query``: a pyensign client of the data directory's server."""
+    options: dict = {}
+    if args.command == "tail":
+        options = {"topic": args.topic, "count": args.count}
+    elif args.command == "query":
+        if not args.sql.strip():
+            raise ServerError('the query is empty; try: "SELECT * FROM topic LIMIT 10"')
+        options = {"sql": args.sql}
+    data_dir = args.data_dir or default_data_dir()
+    return workshop.run(args.command, data_dir, args.key, args.project, args.ca, **options)

@@ -11,7 +11,10 @@ from pyensign.exceptions import EnsignRPCError, InvalidQueryError
 from pyensign.mimetype.v1beta1.mimetype_pb2 import MIME
 
 from helpers.streams import close_client, json_event
-from tests.conftest import AckCounter, run
+from local_ensign.catalog import DELETING, Catalog
+from local_ensign.ids import parse_ulid
+from local_ensign.launcher import LocalEnsign
+from tests.conftest import AckCounter, run, stored_records
 
 Code = ensign_pb2.Nack.Code
 
@@ -128,3 +131,36 @@ def test_delete_topic_refuses_what_it_cannot_do(server, operation, expected):
             await close_client(client)
 
     assert run(body()) == expected
+
+
+def test_a_destruction_a_stopped_server_left_unfinished_is_completed_when_it_starts(tmp_path):
+    """A server stopped between answering DELETING and removing the topic finishes the job at start-up."""
+    server = LocalEnsign(tmp_path / "data", project="tests").start()
+    try:
+
+        async def publish() -> str:
+            client = Ensign(**server.client_kwargs())
+            topic_id = await client.ensure_topic_exists("half-destroyed")
+            await publish_all(client, "half-destroyed", [json_event({"seq": n}) for n in range(5)])
+            await close_client(client)
+            return topic_id
+
+        topic_id = run(publish())
+        server.stop()
+        catalog = Catalog(server.data_dir)
+        catalog.set_state(parse_ulid(topic_id), DELETING)  # as a destroy interrupted by a crash leaves it
+        catalog.close()
+        server.start()
+
+        async def look() -> tuple[bool, list[str]]:
+            client = Ensign(**server.client_kwargs())
+            exists = await client.topic_exists("half-destroyed")
+            names = [topic.name for topic in await client.get_topics()]
+            await close_client(client)
+            return exists, names
+
+        exists, names = run(look())
+    finally:
+        server.stop()
+    assert not exists and "half-destroyed" not in names
+    assert stored_records(server.data_dir, topic_id) == []

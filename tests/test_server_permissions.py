@@ -1,6 +1,7 @@
 """Restricted API keys: each RPC checks the permission Ensign's API lists and names the one missing."""
 
 import json
+import subprocess
 
 import pytest
 from pyensign.ensign import Ensign
@@ -10,6 +11,7 @@ from helpers.streams import close_client, json_event
 from local_ensign.catalog import Catalog
 from local_ensign.credentials import create_api_key
 from tests.conftest import AckCounter, run
+from tests.test_cli import PYTHON
 
 DASHBOARD = ("subscriber", "topics:read")  # can read and query, cannot write anything
 
@@ -62,3 +64,39 @@ def test_a_key_with_an_unknown_permission_is_refused_when_made(server):
         restricted_key(server, ("subscriber", "topics:write"))
     with pytest.raises(ValueError, match="at least one"):
         restricted_key(server, ())
+
+
+def test_keys_create_makes_a_restricted_key_file_while_the_server_runs(server, tmp_path):
+    key_file = tmp_path / "dashboard.json"
+    made = subprocess.run(
+        [
+            *PYTHON,
+            "keys",
+            "create",
+            "--data-dir",
+            str(server.data_dir),
+            "--project",
+            server.project,
+            "--permissions",
+            "subscriber,topics:read",
+            "--out",
+            str(key_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    credentials = json.loads(key_file.read_text())
+
+    async def body():
+        dashboard = Ensign(**server.client_kwargs(credentials))
+        names = [topic.name for topic in await dashboard.get_topics()]
+        with pytest.raises(EnsignRPCError) as raised:
+            await dashboard.create_topic("not-allowed-either")
+        await close_client(dashboard)
+        return names, raised.value
+
+    names, error = run(body())
+    assert isinstance(names, list)
+    assert error.name == "PERMISSION_DENIED" and "topics:create" in str(error.details)
