@@ -120,16 +120,21 @@ def test_query_without_rows_and_with_bad_syntax(workshop):
     assert_one_line_error(workshop_cli("query", *data_dir_and_key(workshop), "  "), "the query is empty")
 
 
-def test_tail_prints_events_as_they_arrive_and_stops_after_count(workshop):
-    server, key_file = workshop
-    run(publish(server, key_file, "live", json_event({"ride": 0, "before": True})))
-    tail = subprocess.Popen(
-        [*PYTHON, "tail", "live", "--count", "3", *data_dir_and_key(workshop)],
+def start_tail(workshop, *args: str) -> subprocess.Popen:
+    """``python -m local_ensign tail ARGS`` against the workshop server, its output captured."""
+    return subprocess.Popen(
+        [*PYTHON, "tail", *args, *data_dir_and_key(workshop)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
     )
+
+
+def test_tail_prints_events_as_they_arrive_and_stops_after_count(workshop):
+    server, key_file = workshop
+    run(publish(server, key_file, "live", json_event({"ride": 0, "before": True})))
+    tail = start_tail(workshop, "live", "--count", "3")
     try:
         assert read_line(tail.stderr, 30).startswith("tailing 'live'")
         arriving = [{"ride": n, "live": True} for n in (10, 11, 12, 13)]
@@ -144,13 +149,7 @@ def test_tail_prints_events_as_they_arrive_and_stops_after_count(workshop):
 
 
 def test_tail_ends_cleanly_on_ctrl_c(workshop):
-    tail = subprocess.Popen(
-        [*PYTHON, "tail", TOPIC, *data_dir_and_key(workshop)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    tail = start_tail(workshop, TOPIC)
     try:
         assert read_line(tail.stderr, 30).startswith("tailing")
         tail.send_signal(signal.SIGINT)
