@@ -129,7 +129,7 @@ class Committer:
     async def _commit(self, batch: list[PendingEvent | PendingReply | PendingDestroy]) -> None:
         stamp = Timestamp()
         stamp.GetCurrentTime()
-        committed = wire.timestamp(stamp)
+        committed = stamp.SerializeToString()  # once per commit, reused for every event in it
         records: list[Record] = []
         offsets = dict(self._offsets)
         for item in batch:

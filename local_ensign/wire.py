@@ -9,7 +9,6 @@ checks that). Everything else uses the generated classes as they are.
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from pyensign.api.v1beta1 import ensign_pb2, event_pb2
 
 _LENGTH_DELIMITED = 2
@@ -53,11 +52,6 @@ DELIVERY_OVERHEAD = 4096
 def length_delimited(tag: bytes, data: bytes) -> bytes:
     """One length-delimited field (bytes, string or embedded message)."""
     return tag + varint(len(data)) + data
-
-
-def timestamp(stamp: Timestamp) -> bytes:
-    """A Timestamp's encoding, computed once per commit and reused for every event in it."""
-    return stamp.SerializeToString()
 
 
 def stored_wrapper(

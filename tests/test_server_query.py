@@ -174,7 +174,7 @@ def load_events(data_dir, topic_id: str, count: int) -> None:
     """Write ``count`` stored events into a stopped server's log, as the committer would."""
     log = SQLiteEventLog(data_dir)
     rlids, topic = RLIDSequence(log.last_rlid()), ULID.from_str(topic_id).bytes
-    committed = wire.timestamp(event_pb2.EventWrapper().committed)
+    committed = event_pb2.EventWrapper().committed.SerializeToString()
     batch = []
     for offset in range(1, count + 1):
         event = Event(json.dumps({"seq": offset, "text": "x" * 200}).encode(), "application/json").proto()

@@ -6,7 +6,10 @@ import time
 
 import jwt
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from pyensign.api.v1beta1 import ensign_pb2, event_pb2
 
+from local_ensign import wire
 from local_ensign.catalog import ApiKey, Catalog, InvalidTopicName, TopicExistsError
 from local_ensign.credentials import authenticate, create_api_key, hash_secret, secret_matches
 from local_ensign.eventlog import MemoryEventLog, Record, SQLiteEventLog
@@ -144,3 +147,24 @@ def test_a_publish_stream_holds_a_bounded_number_of_bytes_in_flight():
         return blocked
 
     assert asyncio.run(body())
+
+
+def test_hot_path_encodings_are_byte_for_byte_what_protobuf_makes():
+    """The committer and the subscriptions build these from bytes; pyensign parses them as protobuf."""
+    committed = Timestamp(seconds=1_800_000_000, nanos=123)
+    publisher = event_pb2.Publisher(
+        publisher_id="key", client_id="client", ipaddr="127.0.0.1", user_agent="ua"
+    )
+    event = event_pb2.Event(data=b'{"a": 1}', mimetype=50).SerializeToString()
+    rlid, topic_id, local_id = b"r" * 10, new_ulid(), new_ulid()
+    wrapper = event_pb2.EventWrapper(
+        id=rlid, topic_id=topic_id, offset=300, publisher=publisher, event=event, committed=committed
+    ).SerializeToString()
+    built = wire.stored_wrapper(
+        rlid, topic_id, 300, publisher.SerializeToString(), event, committed.SerializeToString()
+    )
+    assert built == wrapper
+    ack = ensign_pb2.PublisherReply(ack=ensign_pb2.Ack(id=local_id, committed=committed))
+    assert wire.ack_reply(local_id, committed.SerializeToString()) == ack.SerializeToString()
+    reply = ensign_pb2.SubscribeReply(event=event_pb2.EventWrapper.FromString(wrapper))
+    assert wire.event_reply(wrapper) == reply.SerializeToString()
