@@ -24,6 +24,14 @@ unmodified ``pyensign`` client, it measures:
    (user + system, all its threads) and this benchmark process's, where the clients
    run (time.process_time). In the delivery run both include the publishing as well
    as the delivering, and the client figure covers the publisher and the subscriber.
+5. the same delivery run twice more, each on a fresh topic: once with a subscriber
+   that does not ack (live tail without acks), once with a subscriber that joins a
+   new consumer group (``ConsumerGroup(name=...)``) as its only member and acks each
+   event (grouped delivery). A new group starts at the topic's earliest event, so the
+   member first gets the warm-up events, then the measured ones as they are committed.
+6. query throughput (events/s): ``SELECT * FROM <topic>`` over the topic the live
+   tail without acks just filled (its warm-up events and N events), from the
+   ``query()`` call until the whole cursor has been read.
 
 Why a ratio: the Python client, not the server, is the bottleneck. Against a minimal
 server that does nothing but answer, pyensign reaches about 3,000 events/s published
@@ -31,6 +39,12 @@ with acks and about 2,300 events/s delivered on the 2-core machine this was writ
 on. Absolute numbers therefore say little about the server; the ratio durable /
 in-memory says what durability costs. The target is a ratio of at least 0.9 for both
 throughputs.
+
+The same reasoning, within one store, for the two ways of reading other than a live
+tail: grouped delivery / live-tail delivery with acks (both ack every event) says what
+a consumer group costs, target at least 0.9; query / live-tail delivery without acks
+(neither acks) says whether the server streams stored events at least as fast as the
+client takes them, target at least 1.0. Each pair runs back to back in every repeat.
 
 Why CPU time: on a small shared machine client and server compete for the cores with
 each other and with whatever else runs, so the throughput ratio swings by ±15 %
@@ -69,6 +83,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 
 import grpc
+from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup
 from pyensign.ensign import Ensign
 from pyensign.events import Event
 
@@ -77,6 +92,11 @@ from local_ensign.launcher import LaunchError, LocalEnsign
 STORES = ("sqlite", "memory")
 STORE_LABELS = {"sqlite": "durable (sqlite)", "memory": "in-memory"}
 TARGET_RATIO = 0.9
+# (label, numerator, denominator, target): ratios of two scenarios run against the same store
+SCENARIO_RATIOS = (
+    ("grouped delivery / live tail, both with acks", "group_per_s", "deliver_per_s", 0.9),
+    ("query / live tail without acks", "query_per_s", "deliver_noack_per_s", 1.0),
+)
 WARMUP_MARK = b'{"warmup"'
 SYNC_MODES = {
     "full": "SQLite fsyncs every commit: acked events survive a power cut",
@@ -344,11 +364,14 @@ class Delivery:
         return f"subscriber got {self.warmups} warm-up and {len(self.payloads)} of {self.target} events"
 
 
-async def consume(ensign: Ensign, topic: str, delivery: Delivery) -> None:
-    """Receive and ack events until ``delivery.target`` measured events have arrived."""
-    async for event in ensign.subscribe(topic):
+async def consume(
+    ensign: Ensign, topic: str, delivery: Delivery, ack: bool = True, group: ConsumerGroup | None = None
+) -> None:
+    """Receive (and with ``ack``, ack) events until ``delivery.target`` measured events have arrived."""
+    async for event in ensign.subscribe(topic, consumer_group=group):
         received = time.perf_counter()
-        await event.ack()
+        if ack:
+            await event.ack()
         if event.data.startswith(WARMUP_MARK):
             delivery.warmups += 1
             delivery.warm.set()
@@ -401,15 +424,24 @@ class DeliveryResult:
     problems: str
     server_cpu_us: float  # per event, from the first publish() call to the Nth delivery and last ack
     client_cpu_us: float  # the publishing and the subscribing client together
+    topic: str  # holds the warm-up events and the ``count`` measured ones afterwards
 
 
-async def measure_delivery(server: LocalEnsign, count: int, timeout: float) -> DeliveryResult:
-    """Time the delivery of ``count`` events to a live subscriber while another client publishes them."""
+async def measure_delivery(
+    server: LocalEnsign, count: int, timeout: float, ack: bool = True, grouped: bool = False
+) -> DeliveryResult:
+    """Time the delivery of ``count`` events to a live subscriber while another client publishes them.
+
+    With ``ack`` False the subscriber does not ack; with ``grouped`` it is the only
+    member of a new consumer group, which also hands it the warm-up events published
+    before it joined (a new group starts at the earliest event).
+    """
     topic = f"bench-deliver-{time.time_ns()}"
     publisher = await open_client(server, topic, timeout)
     subscriber = Ensign(**server.client_kwargs())
     delivery = Delivery(target=count)
-    consuming = asyncio.create_task(consume(subscriber, topic, delivery), name="subscriber")
+    group = ConsumerGroup(name=f"group-{topic}") if grouped else None
+    consuming = asyncio.create_task(consume(subscriber, topic, delivery, ack, group), name="subscriber")
     try:
         tracker = await open_publisher(publisher, topic, timeout)
         await wait_until_subscribed(publisher, topic, tracker, delivery, timeout)
@@ -442,11 +474,46 @@ async def measure_delivery(server: LocalEnsign, count: int, timeout: float) -> D
             problems=delivery_problems(delivery.payloads),
             server_cpu_us=server_cpu_us,
             client_cpu_us=client_cpu_us,
+            topic=topic,
         )
     finally:
         await stop_task(consuming, timeout)
         await close_client(publisher, timeout, "publishing")
         await close_client(subscriber, timeout, "subscribing")
+
+
+@dataclass
+class QueryResult:
+    """Outcome of one query run."""
+
+    events_per_s: float  # every event received (warm-up ones too), from the query() call to the last
+    problems: str
+    server_cpu_us: float  # per event received
+
+
+async def measure_query(server: LocalEnsign, topic: str, count: int, timeout: float) -> QueryResult:
+    """Time ``SELECT * FROM topic`` read to the end (``topic``: warm-ups, then ``count`` measured events)."""
+    ensign = Ensign(**server.client_kwargs())
+    received: list[Event] = []
+
+    async def read_all() -> None:
+        cursor = await ensign.query(f"SELECT * FROM {topic}")
+        async for event in cursor:
+            received.append(event)
+
+    try:
+        cpu_before = CpuClock.read(server)
+        started = time.perf_counter()
+        await bounded(read_all(), timeout, "reading the query", lambda: f"{len(received)} events read")
+        seconds = time.perf_counter() - started
+        server_cpu_us, _ = CpuClock.read(server).per_event_us(cpu_before, len(received))
+        payloads = [event.data for event in received if not event.data.startswith(WARMUP_MARK)]
+        problems = delivery_problems(payloads)
+        if len(payloads) != count:
+            problems = f"{len(payloads)} of {count} events; {problems}".rstrip("; ")
+        return QueryResult(len(received) / seconds, problems, server_cpu_us)
+    finally:
+        await close_client(ensign, timeout, "querying")
 
 
 async def stop_task(task: asyncio.Task, timeout: float) -> None:
@@ -476,20 +543,28 @@ class StoreFigures:
     publish_per_s: list[float] = field(default_factory=list)
     deliver_per_s: list[float] = field(default_factory=list)
     end_to_end_per_s: list[float] = field(default_factory=list)
+    deliver_noack_per_s: list[float] = field(default_factory=list)
+    group_per_s: list[float] = field(default_factory=list)
+    query_per_s: list[float] = field(default_factory=list)
     loaded_ms: list[float] = field(default_factory=list)
     paced_ms: list[float] = field(default_factory=list)
     publish_server_us: list[float] = field(default_factory=list)  # CPU per event, one per repeat
     publish_client_us: list[float] = field(default_factory=list)
     deliver_server_us: list[float] = field(default_factory=list)
     deliver_client_us: list[float] = field(default_factory=list)
+    group_server_us: list[float] = field(default_factory=list)
+    query_server_us: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 async def measure_store(server: LocalEnsign, args: argparse.Namespace, figures: StoreFigures) -> str:
-    """Run the three measurements against one server; add to ``figures``; return a progress line."""
+    """Run the six measurements against one server; add to ``figures``; return a progress line."""
     loaded = await measure_publish(server, args.events, args.timeout)
     paced = await measure_publish(server, args.latency_events, args.timeout, pace=args.latency_rate)
     delivered = await measure_delivery(server, args.events, args.timeout)
+    grouped = await measure_delivery(server, args.events, args.timeout, grouped=True)
+    unacked = await measure_delivery(server, args.events, args.timeout, ack=False)
+    queried = await measure_query(server, unacked.topic, args.events, args.timeout)
     if server.process is None or server.process.poll() is not None:
         raise BenchmarkError(f"the {server.store} server died; its log ends with:\n{server.log_tail()}")
     figures.publish_per_s.append(loaded.events_per_s)
@@ -501,16 +576,30 @@ async def measure_store(server: LocalEnsign, args: argparse.Namespace, figures: 
     figures.publish_client_us.append(loaded.client_cpu_us)
     figures.deliver_server_us.append(delivered.server_cpu_us)
     figures.deliver_client_us.append(delivered.client_cpu_us)
+    figures.group_per_s.append(grouped.events_per_s)
+    figures.group_server_us.append(grouped.server_cpu_us)
+    figures.deliver_noack_per_s.append(unacked.events_per_s)
+    figures.query_per_s.append(queried.events_per_s)
+    figures.query_server_us.append(queried.server_cpu_us)
     for result, name in ((loaded, "loaded publish"), (paced, "paced publish")):
         if result.out_of_order:
             figures.notes.append(f"{name}: {result.out_of_order} acks not in publish order")
-    if delivered.problems:
-        figures.notes.append(f"delivery: {delivered.problems}")
+    for result, name in (
+        (delivered, "delivery"),
+        (grouped, "grouped delivery"),
+        (unacked, "delivery without acks"),
+        (queried, "query"),
+    ):
+        if result.problems:
+            figures.notes.append(f"{name}: {result.problems}")
     return (
         f"publish {loaded.events_per_s:6,.0f}/s (max gap {loaded.longest_gap_ms:3.0f} ms,"
         f" server {loaded.server_cpu_us:4.0f} µs/ev)"
         f"  deliver {delivered.events_per_s:6,.0f}/s (max gap {delivered.longest_gap_ms:3.0f} ms,"
         f" server {delivered.server_cpu_us:4.0f} µs/ev)"
+        f"  grouped {grouped.events_per_s:6,.0f}/s (max gap {grouped.longest_gap_ms:3.0f} ms,"
+        f" server {grouped.server_cpu_us:4.0f} µs/ev)"
+        f"  no acks {unacked.events_per_s:6,.0f}/s  query {queried.events_per_s:6,.0f}/s"
         f"  paced p50 {percentile(paced.latencies_ms, 50):5.2f} ms"
     )
 
@@ -588,6 +677,9 @@ def table_rows(
         ("publish with acks, events/s (first publish → last ack)", "publish_per_s", "target"),
         ("subscribe delivery, events/s (first → Nth received)", "deliver_per_s", "target"),
         ("  end to end, events/s (first publish → Nth received)", "end_to_end_per_s", ""),
+        ("subscribe delivery without acks, events/s", "deliver_noack_per_s", ""),
+        ("grouped delivery with acks (1 member), events/s", "group_per_s", ""),
+        ("query SELECT * (whole cursor), events/s", "query_per_s", ""),
     ]
     table = [
         (label, statistics.median(getattr(durable, name)), statistics.median(getattr(memory, name)), kind)
@@ -606,6 +698,8 @@ def table_rows(
     cpu_rows = [
         ("server CPU µs/event, publish run", "publish_server_us"),
         ("server CPU µs/event, delivery run (publish + deliver)", "deliver_server_us"),
+        ("server CPU µs/event, grouped delivery run (publish + deliver)", "group_server_us"),
+        ("server CPU µs/event, query", "query_server_us"),
         ("client CPU µs/event, publish run", "publish_client_us"),
         ("client CPU µs/event, delivery run (both clients)", "deliver_client_us"),
     ]
@@ -638,6 +732,7 @@ def print_table(figures: dict[str, StoreFigures], args: argparse.Namespace) -> N
             verdict = f"{durable_value - memory_value:+.1f} µs/event"
         print(f"{label:<{width}}  {durable_value:9,.2f}  {memory_value:9,.2f}  {ratio:5.3f}  {verdict}")
     print_cpu_summary(figures, args)
+    print_scenario_ratios(figures, args)
     print(
         "latencies: percentiles over all repeats' events; the paced run publishes one event at a time "
         "at a fixed rate; the loaded one is the throughput run (time queued in client and server included)"
@@ -647,6 +742,15 @@ def print_table(figures: dict[str, StoreFigures], args: argparse.Namespace) -> N
         spread = ", ".join(f"{v:,.0f}" for v in store_figures.publish_per_s)
         deliver = ", ".join(f"{v:,.0f}" for v in store_figures.deliver_per_s)
         print(f"per repeat, {STORE_LABELS[store]}: publish {spread}; deliver {deliver}")
+        others = "; ".join(
+            f"{name} " + ", ".join(f"{v:,.0f}" for v in getattr(store_figures, samples))
+            for name, samples in (
+                ("grouped", "group_per_s"),
+                ("deliver without acks", "deliver_noack_per_s"),
+                ("query", "query_per_s"),
+            )
+        )
+        print(f"  {others}")
         publish_cpu = ", ".join(f"{v:.0f}" for v in store_figures.publish_server_us)
         deliver_cpu = ", ".join(f"{v:.0f}" for v in store_figures.deliver_server_us)
         print(f"  server CPU µs/event: publish {publish_cpu}; delivery run {deliver_cpu}")
@@ -679,6 +783,21 @@ def print_cpu_summary(figures: dict[str, StoreFigures], args: argparse.Namespace
         "CPU time is the server process's user+system time (all threads) and this process's "
         "(the clients), over each throughput run, median of the repeats; it leaves out waiting for fsync"
     )
+
+
+def print_scenario_ratios(figures: dict[str, StoreFigures], args: argparse.Namespace) -> None:
+    """Per store, the ratios of scenarios measured against the same server, with their targets."""
+    title = f"scenario ratios, median of {args.repeats} repeats"
+    print(f"\n{title:<46}  {'durable':>7}  {'in-memory':>9}")
+    for label, numerator, denominator, target in SCENARIO_RATIOS:
+        ratios = [
+            statistics.median(getattr(figures[store], numerator))
+            / statistics.median(getattr(figures[store], denominator))
+            for store in STORES
+        ]
+        verdict = "PASS" if min(ratios) >= target else "below target"
+        print(f"{label:<46}  {ratios[0]:7.3f}  {ratios[1]:9.3f}  target ≥ {target}×: {verdict}")
+    print()
 
 
 def stop_and_report(server: LocalEnsign) -> None:

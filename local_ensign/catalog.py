@@ -26,7 +26,8 @@ from .storage import StoreError, connect, store_error, write_transaction
 TOPIC_NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 MAX_TOPIC_NAME = 512
 WRITE_LOCK_TIMEOUT = 2.0
-READY, READONLY, DELETING = "READY", "READONLY", "DELETING"  # a topic's states, as Ensign names them
+# A topic's states, as Ensign names them; PENDING while a new deduplication policy is applied.
+READY, READONLY, DELETING, PENDING = "READY", "READONLY", "DELETING", "PENDING"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS topics (
     id BLOB PRIMARY KEY, project_id BLOB NOT NULL REFERENCES projects(id),
     name TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL, state TEXT NOT NULL DEFAULT 'READY',
-    UNIQUE (project_id, name)
+    deduplication BLOB NOT NULL DEFAULT x'', UNIQUE (project_id, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -81,7 +82,8 @@ class Topic:
     name: str
     created: float
     modified: float
-    state: str = READY  # READY, READONLY (archived) or DELETING (being destroyed)
+    state: str = READY  # READY, READONLY (archived), DELETING (being destroyed) or PENDING
+    deduplication: bytes = b""  # the policy as ``dedup.stored`` encodes it; empty: none
 
     @property
     def live(self) -> bool:
@@ -128,17 +130,19 @@ class Catalog:
 
     def _add_columns(self) -> None:
         """Give a catalog made by an earlier version the columns it lacks (with their defaults)."""
-        added = {
-            "topics": ("state", "TEXT NOT NULL DEFAULT 'READY'"),  # every topic READY
-            "api_keys": ("permissions", "TEXT"),  # NULL: every permission, as keys had then
-        }
-        for table, (column, definition) in added.items():
+        added = (
+            ("topics", "state", "TEXT NOT NULL DEFAULT 'READY'"),  # every topic READY
+            ("topics", "deduplication", "BLOB NOT NULL DEFAULT x''"),  # no policy
+            ("api_keys", "permissions", "TEXT"),  # NULL: every permission, as keys had then
+        )
+        for table, column, definition in added:
             if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def _reload_topics(self) -> None:
         rows = self._db.execute(
-            "SELECT id, project_id, name, created, modified, state FROM topics ORDER BY created, id"
+            "SELECT id, project_id, name, created, modified, state, deduplication FROM topics"
+            " ORDER BY created, id"
         ).fetchall()
         self._topics = {row[0]: Topic(*row) for row in rows}
         self._by_name = {(t.project_id, t.name): t for t in self._topics.values()}
@@ -227,21 +231,29 @@ class Catalog:
 
     # Topics -------------------------------------------------------------------------
 
-    def create_topic(self, project_id: bytes, name: str) -> Topic:
+    def create_topic(self, project_id: bytes, name: str, deduplication: bytes = b"") -> Topic:
         """Create a topic, durably, and return it; the name must be new in the project."""
         validate_topic_name(name)
         with self._lock:
             if (project_id, name) in self._by_name:
                 raise TopicExistsError(f"topic {name!r} already exists")
             now = time.time()
-            topic = Topic(new_ulid(), project_id, name, now, now)
+            topic = Topic(new_ulid(), project_id, name, now, now, READY, deduplication)
             try:
                 write_transaction(
                     self._db,
                     self.path,
                     lambda db: db.execute(
-                        "INSERT INTO topics (id, project_id, name, created, modified) VALUES (?, ?, ?, ?, ?)",
-                        (topic.id, topic.project_id, topic.name, topic.created, topic.modified),
+                        "INSERT INTO topics (id, project_id, name, created, modified, deduplication)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            topic.id,
+                            topic.project_id,
+                            topic.name,
+                            topic.created,
+                            topic.modified,
+                            deduplication,
+                        ),
                     ),
                 )
             except StoreError as err:
@@ -254,18 +266,30 @@ class Catalog:
             self._by_name[(project_id, name)] = topic
         return topic
 
-    def set_state(self, topic_id: bytes, state: str) -> Topic:
-        """Move a topic to ``state`` (READONLY to archive it, DELETING before destroying it), durably."""
+    def set_state(self, topic_id: bytes, state: str, only_from: str | None = None) -> Topic | None:
+        """Move a topic to ``state`` (READONLY to archive it, DELETING before destroying it), durably.
+
+        With ``only_from``, only a topic in that state moves; None if it was not.
+        """
+        return self._change_topic(topic_id, only_from, state=state)
+
+    def set_deduplication(self, topic_id: bytes, policy: bytes, state: str) -> Topic | None:
+        """Store a topic's deduplication policy (as ``dedup.stored`` encodes it) and its state, durably."""
+        return self._change_topic(topic_id, None, deduplication=policy, state=state)
+
+    def _change_topic(self, topic_id: bytes, only_from: str | None, **changes) -> Topic | None:
+        """Write new values of a topic's columns (and its modification time), then remember them."""
         with self._lock:
-            topic = self._topics[topic_id]
-            changed = replace(topic, state=state, modified=time.time())
+            topic = self._topics.get(topic_id)
+            if topic is None or (only_from is not None and topic.state != only_from):
+                return None
+            changed = replace(topic, **changes, modified=time.time())
+            columns = ", ".join(f"{column} = ?" for column in changes)
+            values = (*changes.values(), changed.modified, topic_id)
             write_transaction(
                 self._db,
                 self.path,
-                lambda db: db.execute(
-                    "UPDATE topics SET state = ?, modified = ? WHERE id = ?",
-                    (state, changed.modified, topic_id),
-                ),
+                lambda db: db.execute(f"UPDATE topics SET {columns}, modified = ? WHERE id = ?", values),
             )
             self._topics[topic_id] = changed
             self._by_name[(topic.project_id, topic.name)] = changed
@@ -281,9 +305,13 @@ class Catalog:
             if topic is not None:
                 self._by_name.pop((topic.project_id, topic.name), None)
 
-    def deleting(self) -> list[Topic]:
-        """Topics whose destruction a stopped server left unfinished."""
-        return [t for t in self._topics.values() if t.state == DELETING]
+    def in_state(self, state: str) -> list[Topic]:
+        """Every project's topics in ``state`` (DELETING, PENDING: work a stopped server left undone)."""
+        return [t for t in self._topics.values() if t.state == state]
+
+    def all_topics(self) -> list[Topic]:
+        """Every project's topics, those being destroyed too."""
+        return list(self._topics.values())
 
     def topic(self, topic_id: bytes) -> Topic | None:
         """The topic with this id, or None."""

@@ -23,6 +23,7 @@ from pyensign.api.v1beta1 import ensign_pb2
 from . import __version__, workshop
 from .catalog import Catalog
 from .credentials import create_api_key, write_key_file
+from .groups import DELIVERY_TIMEOUT, MAX_UNACKED, GroupSettings
 from .launcher import ask_status
 from .server import (
     DEFAULT_AUTH_PORT,
@@ -109,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-with-parent",
         action="store_true",
         help="stop when standard input closes (used by the launcher)",
+    )
+    run.add_argument(
+        "--max-unacked",
+        type=_count,
+        default=MAX_UNACKED,
+        metavar="N",
+        help="events a consumer-group member may hold unacked (default %(default)s; keep it above a"
+        " trainer's checkpoint interval)",
+    )
+    run.add_argument(
+        "--delivery-timeout",
+        type=_positive,
+        default=DELIVERY_TIMEOUT,
+        metavar="SECONDS",
+        help="when a group sets none: seconds before an unacked event may go to another member"
+        " (default %(default)g)",
     )
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     run.add_argument(
@@ -214,6 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         exit_with_parent=args.exit_with_parent,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        groups=GroupSettings(max_unacked=args.max_unacked, delivery_timeout=args.delivery_timeout),
     )
     if args.access_ttl:
         config.access_ttl = args.access_ttl

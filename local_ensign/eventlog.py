@@ -34,7 +34,7 @@ from .storage import connect, store_error, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    topic_id BLOB NOT NULL, rlid BLOB NOT NULL, wrapper BLOB NOT NULL,
+    topic_id BLOB NOT NULL, rlid BLOB NOT NULL, wrapper BLOB NOT NULL, duplicate_of BLOB,
     PRIMARY KEY (topic_id, rlid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_positions (
@@ -44,16 +44,23 @@ CREATE TABLE IF NOT EXISTS group_positions (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_SAVE_POSITION = "INSERT OR REPLACE INTO group_positions (group_id, topic_id, rlid) VALUES (?, ?, ?)"
 READ_LOCK_TIMEOUT = 0.1  # reads in WAL mode wait for nobody, except a moment of crash recovery
 READ_SLICE = 64  # rows fetched at a time by read()
 
 
 class Record(NamedTuple):
-    """One committed event: its topic, its RLID and its serialized EventWrapper."""
+    """One committed event: its topic, its RLID, its serialized EventWrapper and what it duplicates.
+
+    ``duplicate_of`` is the RLID of the original when the topic's deduplication
+    policy marked this event a duplicate (see ``dedup``): such events are stored but
+    not delivered.
+    """
 
     topic_id: bytes
     rlid: bytes
     wrapper: bytes
+    duplicate_of: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class TopicStats:
     events: int
     bytes: int  # the stored wrappers' sizes, as Ensign's Info reports them
     last_rlid: bytes
+    duplicates: int = 0
+
+
+GroupPositions = dict[bytes, dict[bytes, bytes]]  # group id -> topic id -> last RLID it is done with
 
 
 class EventLog(Protocol):
@@ -70,8 +81,16 @@ class EventLog(Protocol):
 
     log_id: str  # identifies this log's contents; empty for a log that forgets them
 
-    def append(self, records: list[Record]) -> None:
-        """Store a batch of records, all or none, durably before returning."""
+    def append(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
+        """Store a batch of new records and move consumer groups' positions: all or none, durably.
+
+        ``positions`` maps a group's id to the topics whose position moved; storing
+        them with the batch costs no extra commit. ``remarked`` are stored records
+        whose duplicate mark changed (see ``dedup``): each replaces the stored record
+        with its topic and RLID, which must exist.
+        """
 
     def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
         """A topic's records after the RLID ``after``, in order, within ``limit`` and ``max_bytes``.
@@ -126,6 +145,9 @@ class SQLiteEventLog:
         self._reader = connect(self.path, lock_timeout=READ_LOCK_TIMEOUT)
         try:
             self._writer.executescript(_SCHEMA)
+            columns = {row[1] for row in self._writer.execute("PRAGMA table_info(events)")}
+            if "duplicate_of" not in columns:  # a log made before deduplication
+                self._writer.execute("ALTER TABLE events ADD COLUMN duplicate_of BLOB")
         except sqlite3.Error as err:
             self.close()
             raise store_error(self.path, err) from None
@@ -151,18 +173,31 @@ class SQLiteEventLog:
         except sqlite3.Error as err:
             raise store_error(self.path, err) from None
 
-    def append(self, records: list[Record]) -> None:
-        """Write a batch of records in one transaction (group commit)."""
-        self._write(
-            lambda db: db.executemany(
-                "INSERT INTO events (topic_id, rlid, wrapper) VALUES (?, ?, ?)", records
+    def append(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
+        """Write a batch of records, group positions and new marks in one transaction (group commit)."""
+        rows = _position_rows(positions or {})
+
+        def insert(db) -> None:
+            db.executemany(
+                "INSERT INTO events (topic_id, rlid, wrapper, duplicate_of) VALUES (?, ?, ?, ?)", records
             )
-        )
+            if remarked:
+                db.executemany(
+                    "UPDATE events SET wrapper = ?, duplicate_of = ? WHERE topic_id = ? AND rlid = ?",
+                    [(r.wrapper, r.duplicate_of, r.topic_id, r.rlid) for r in remarked],
+                )
+            if rows:
+                db.executemany(_SAVE_POSITION, rows)
+
+        self._write(insert)
 
     def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
         # Fetched in slices, so a byte bound reached early does not load the rest of ``limit``.
         query = (
-            "SELECT topic_id, rlid, wrapper FROM events WHERE topic_id = ? AND rlid > ? ORDER BY rlid LIMIT ?"
+            "SELECT topic_id, rlid, wrapper, duplicate_of FROM events"
+            " WHERE topic_id = ? AND rlid > ? ORDER BY rlid LIMIT ?"
         )
         records: list[Record] = []
         size = 0
@@ -183,20 +218,17 @@ class SQLiteEventLog:
 
     def topic_stats(self) -> dict[bytes, TopicStats]:
         rows = self._query(
-            "SELECT topic_id, count(*), sum(length(wrapper)), max(rlid) FROM events GROUP BY topic_id"
+            "SELECT topic_id, count(*), sum(length(wrapper)), max(rlid), count(duplicate_of)"
+            " FROM events GROUP BY topic_id"
         )
-        return {topic_id: TopicStats(events, size, last) for topic_id, events, size, last in rows}
+        return {row[0]: TopicStats(*row[1:]) for row in rows}
 
     def group_positions(self, group_id: bytes) -> dict[bytes, bytes]:
         return dict(self._query("SELECT topic_id, rlid FROM group_positions WHERE group_id = ?", (group_id,)))
 
     def save_group_positions(self, group_id: bytes, positions: dict[bytes, bytes]) -> None:
-        rows = [(group_id, topic_id, rlid) for topic_id, rlid in positions.items()]
-        self._write(
-            lambda db: db.executemany(
-                "INSERT OR REPLACE INTO group_positions (group_id, topic_id, rlid) VALUES (?, ?, ?)", rows
-            )
-        )
+        rows = _position_rows({group_id: positions})
+        self._write(lambda db: db.executemany(_SAVE_POSITION, rows))
 
     def destroy_topic(self, topic_id: bytes) -> None:
         def delete(db) -> None:
@@ -229,13 +261,22 @@ class MemoryEventLog:
         self._groups: dict[bytes, dict[bytes, bytes]] = {}
         self._last = ZERO_RLID
 
-    def append(self, records: list[Record]) -> None:
+    def append(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
         for record in records:
             self._rlids.setdefault(record.topic_id, []).append(record.rlid)
             self._records.setdefault(record.topic_id, []).append(record)
             self._bytes[record.topic_id] = self._bytes.get(record.topic_id, 0) + len(record.wrapper)
         if records:
-            self._last = records[-1].rlid
+            self._last = max(self._last, records[-1].rlid)
+        for record in remarked:
+            stored = self._records[record.topic_id]
+            at = bisect.bisect_left(self._rlids[record.topic_id], record.rlid)
+            self._bytes[record.topic_id] += len(record.wrapper) - len(stored[at].wrapper)
+            stored[at] = record
+        for group_id, moved in (positions or {}).items():
+            self.save_group_positions(group_id, moved)
 
     def read(self, topic_id: bytes, after: bytes, limit: int, max_bytes: int) -> list[Record]:
         start = bisect.bisect_right(self._rlids.get(topic_id, []), after)
@@ -246,7 +287,12 @@ class MemoryEventLog:
 
     def topic_stats(self) -> dict[bytes, TopicStats]:
         return {
-            topic_id: TopicStats(len(records), self._bytes[topic_id], records[-1].rlid)
+            topic_id: TopicStats(
+                len(records),
+                self._bytes[topic_id],
+                records[-1].rlid,
+                sum(record.duplicate_of is not None for record in records),
+            )
             for topic_id, records in self._records.items()
             if records
         }
@@ -270,6 +316,10 @@ class MemoryEventLog:
     def close(self) -> None:
         self._records.clear()
         self._rlids.clear()
+
+
+def _position_rows(positions: GroupPositions) -> list[tuple[bytes, bytes, bytes]]:
+    return [(group_id, topic, rlid) for group_id, moved in positions.items() for topic, rlid in moved.items()]
 
 
 def _bounded(records, max_bytes: int) -> list[Record]:

@@ -44,6 +44,11 @@ def parse_ulid(value: str | bytes) -> bytes:
     return raw
 
 
+def rlid_before(rlid: bytes) -> bytes:
+    """The RLID just before ``rlid``: reading the log after it starts at ``rlid``."""
+    return (int.from_bytes(rlid, "big") - 1).to_bytes(RLID_SIZE, "big")
+
+
 class RLIDSequence:
     """Hands out strictly increasing RLIDs, continuing after the last one ever issued.
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -87,6 +88,7 @@ class LocalEnsign:
         auth_port: int = 0,
         tls_cert: str | Path | None = None,
         tls_key: str | Path | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
@@ -100,6 +102,7 @@ class LocalEnsign:
         self.auth_port = auth_port
         self.tls_cert = Path(tls_cert) if tls_cert is not None else None
         self.tls_key = Path(tls_key) if tls_key is not None else None
+        self.options = tuple(options)  # further ``serve`` options, e.g. ("--max-unacked", "100")
         self.endpoint = ""
         self.auth_url = ""
         self.credentials: dict[str, str] | None = None
@@ -132,6 +135,7 @@ class LocalEnsign:
             command += ["--access-ttl", str(self.access_ttl)]
         if self.tls:
             command += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
+        command += self.options
         # Like every file in the data directory, the log is its owner's alone (0600).
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log:

@@ -26,16 +26,17 @@ import socket
 import ssl
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from . import __version__
+from . import __version__, dedup
 from .auth_http import AuthEndpoint
 from .catalog import Catalog
 from .committer import Committer
 from .eventlog import EventLog, MemoryEventLog, SQLiteEventLog
+from .groups import GroupRegistry, GroupSettings
 from .service import EnsignService, method_handlers
 from .storage import PRIVATE_FILE, StoreError, explain, make_private_dir
 from .subscriptions import SubscriptionRegistry
@@ -76,6 +77,7 @@ class ServerConfig:
     exit_with_parent: bool = False  # stop when standard input closes
     tls_cert: Path | None = None  # PEM certificate (chain) for TLS; with tls_key, TLS only
     tls_key: Path | None = None  # its unencrypted PEM private key
+    groups: GroupSettings = field(default_factory=GroupSettings)  # bounds on consumer groups
 
 
 @dataclass(frozen=True)
@@ -218,9 +220,11 @@ async def serve(config: ServerConfig) -> None:
         _check_port_free(config.host, config.auth_port)
         catalog, event_log, issuer = _open_stores(config, data_dir, stack)
         registry = SubscriptionRegistry(event_log)
-        committer = Committer(event_log, registry)
+        policies = {t.id: dedup.load(t.deduplication) for t in catalog.all_topics() if t.deduplication}
+        committer = Committer(event_log, registry, policies)
+        groups = GroupRegistry(event_log, registry, committer.save_positions, config.groups)
         service = EnsignService(
-            catalog, event_log, committer, registry, issuer, server_id=f"local-{os.getpid()}"
+            catalog, event_log, committer, registry, groups, issuer, server_id=f"local-{os.getpid()}"
         )
 
         grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -238,6 +242,7 @@ async def serve(config: ServerConfig) -> None:
         # Topics a stopped server left half destroyed (DELETING) are finished before it says it is
         # ready. It cannot hang: a log that cannot be written fails at once, and the next start retries.
         await service.finish_destructions()
+        await service.finish_policies()
 
         state = {
             "pid": os.getpid(),
@@ -258,12 +263,19 @@ async def serve(config: ServerConfig) -> None:
             flush=True,
         )
 
-        await _wait_for_stop(config.exit_with_parent)
+        stopping = asyncio.create_task(_wait_for_stop(config.exit_with_parent))
+        await asyncio.wait((stopping, committing), return_when=asyncio.FIRST_COMPLETED)
+        failure = committing.exception() if committing.done() else None
         log.info("shutting down")
         await grpc_server.stop(grace=STOP_GRACE)
+        stopping.cancel()
         committing.cancel()  # a commit is never cut in half: it runs without a pause
-        await asyncio.gather(committing, return_exceptions=True)
+        await asyncio.gather(committing, stopping, return_exceptions=True)
         log.info("stopped: %d events committed since start", committer.committed)
+        if failure is not None:
+            # A bug, never an expected condition: stop rather than take events that cannot be acked.
+            log.critical("the committer failed", exc_info=failure)
+            raise ServerError(f"the committer failed: {failure!r}; see the log")
 
 
 def _configured_tls(config: ServerConfig) -> TlsFiles | None:

@@ -1,8 +1,9 @@
 """The gRPC service: Ensign's v1beta1 API over the catalog and the event log.
 
-Implemented: Publish, Subscribe, EnSQL, Explain, CreateTopic, ListTopics,
-TopicExists, RetrieveTopic, TopicNames, DeleteTopic (archive and destroy), Info and
-Status. SetTopicPolicy answers UNIMPLEMENTED (planned, not faked).
+Every RPC of the API is implemented: Publish, Subscribe (with consumer groups, see
+``groups``), EnSQL, Explain, CreateTopic, ListTopics, TopicExists, RetrieveTopic,
+TopicNames, DeleteTopic (archive and destroy), SetTopicPolicy (deduplication, see
+``dedup``), Info and Status.
 Every call but Status needs a valid bearer token from the auth endpoint, and
 sees only the topics of the project named in that token.
 
@@ -26,12 +27,13 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from pyensign.api.v1beta1 import ensign_pb2, event_pb2, query_pb2, topic_pb2
+from pyensign.api.v1beta1 import ensign_pb2, event_pb2, groups_pb2, query_pb2, topic_pb2
 
-from . import __version__, ensql, wire
-from .catalog import DELETING, READONLY, Catalog, InvalidTopicName, Topic, TopicExistsError
+from . import __version__, dedup, ensql, wire
+from .catalog import DELETING, PENDING, READONLY, READY, Catalog, InvalidTopicName, Topic, TopicExistsError
 from .committer import Committer, PendingEvent, PendingReply
-from .eventlog import EventLog
+from .eventlog import EventLog, Record
+from .groups import GroupRegistry, Member, group_key
 from .ids import ZERO_RLID, parse_ulid, ulid_to_str
 from .storage import StoreError
 from .subscriptions import SubscriptionRegistry
@@ -61,6 +63,7 @@ class EnsignService:
         event_log: EventLog,
         committer: Committer,
         registry: SubscriptionRegistry,
+        groups: GroupRegistry,
         issuer: TokenIssuer,
         server_id: str,
     ) -> None:
@@ -68,6 +71,7 @@ class EnsignService:
         self.event_log = event_log
         self.committer = committer
         self.registry = registry
+        self.groups = groups
         self.issuer = issuer
         self.server_id = server_id
         self.started = time.monotonic()
@@ -118,9 +122,14 @@ class EnsignService:
                 await context.abort(Code.INVALID_ARGUMENT, "could not parse project id")
             if project_id != claims.project_id:
                 await context.abort(Code.PERMISSION_DENIED, "not authorized to perform this action")
+        if request.HasField("deduplication") and (problem := dedup.problem(request.deduplication)):
+            await context.abort(Code.INVALID_ARGUMENT, problem)
+        policy = dedup.stored(request.deduplication)
         try:
             # Off the event loop: the write may wait for another process's lock.
-            topic = await asyncio.to_thread(self.catalog.create_topic, claims.project_id, request.name)
+            topic = await asyncio.to_thread(
+                self.catalog.create_topic, claims.project_id, request.name, policy
+            )
         except InvalidTopicName as err:
             await context.abort(Code.INVALID_ARGUMENT, str(err))
         except TopicExistsError:
@@ -188,10 +197,7 @@ class EnsignService:
             offset=self.committer.offset(topic.id),
             readonly=topic.state == READONLY,
             status=topic_pb2.TopicState.Value(topic.state),
-            deduplication=topic_pb2.Deduplication(
-                strategy=topic_pb2.Deduplication.Strategy.NONE,
-                offset=topic_pb2.Deduplication.OffsetPosition.OFFSET_EARLIEST,
-            ),
+            deduplication=dedup.load(topic.deduplication),
             created=_timestamp(topic.created),
             modified=_timestamp(topic.modified),
         )
@@ -280,30 +286,125 @@ class EnsignService:
         claims = await self._authorize(context, "subscriber")
         if not first.HasField("subscription"):
             await context.abort(Code.INVALID_ARGUMENT, "the first message must be a subscription")
-        topics = self._match_topics(claims, first.subscription.topics)
+        request = first.subscription
+        topics = self._match_topics(claims, request.topics)
         if not topics:
             await context.abort(Code.FAILED_PRECONDITION, "no topics available")
-        subscription = self.registry.register(t.id for t in topics)
-        log.info("subscription opened on %s (%d open)", ", ".join(t.name for t in topics), len(self.registry))
-        ready = ensign_pb2.StreamReady(
-            client_id=first.subscription.client_id,
-            server_id=self.server_id,
-            topics={t.name: t.id for t in topics},
+        query_text, filter_ = await self._subscription_filter(claims, request.query, topics, context)
+        ready = ensign_pb2.SubscribeReply(
+            ready=ensign_pb2.StreamReady(
+                client_id=request.client_id,
+                server_id=self.server_id,
+                topics={t.name: t.id for t in topics},
+            )
         )
+        names = ", ".join(t.name for t in topics)
+        if request.HasField("group"):
+            member = await self._join_group(claims, request.group, topics, query_text, filter_, context)
+            log.info("consumer group %r: a member joined on %s", member.group.name, names)
+            await self._serve_member(member, ready, requests, context)
+        else:
+            subscription = self.registry.register(t.id for t in topics)
+            log.info("subscription opened on %s (%d open)", names, len(self.registry))
+            await self._serve_live(subscription, filter_, ready, requests, context)
+
+    async def _serve_live(self, subscription, filter_, ready, requests, context) -> None:
+        """Send every new event of the subscription's topics (that its query keeps), as it is committed."""
         reader = asyncio.create_task(_drain(requests))
         try:
-            if not await _send(context, ensign_pb2.SubscribeReply(ready=ready), "subscriber"):
+            if not await _send(context, ready, "subscriber"):
                 return
             turns = self.registry.turns
             while batch := await subscription.next_batch():
                 for record in batch:
+                    if record.duplicate_of is not None:
+                        continue  # marked by the topic's deduplication policy: never delivered
+                    wrapper = record.wrapper if filter_ is None else filter_(record)
+                    if wrapper is None:
+                        continue
                     await turns.turn()
-                    if not await _send(context, wire.event_reply(record.wrapper), "subscriber"):
+                    if not await _send(context, wire.event_reply(wrapper), "subscriber"):
                         return
         finally:
             self.registry.unregister(subscription)
             log.info("subscription closed (%d open)", len(self.registry))
             reader.cancel()
+
+    async def _serve_member(self, member: Member, ready, requests, context) -> None:
+        """Send a group member its share of the events; its acks and nacks settle them."""
+        reader = asyncio.create_task(_read_acks(requests, member))
+        try:
+            if not await _send(context, ready, "subscriber"):
+                return
+            turns = self.registry.turns
+            while batch := await member.next_batch():
+                for wrapper in batch:
+                    await turns.turn()
+                    if not await _send(context, wire.event_reply(wrapper), "subscriber"):
+                        return
+        finally:
+            member.group.leave(member)
+            group = member.group
+            log.info("consumer group %r: a member left (%d left)", group.name, len(group.members))
+            reader.cancel()
+
+    async def _join_group(self, claims: Claims, request, topics: list[Topic], query_text, filter_, context):
+        """Add this stream to its consumer group, or refuse what the group cannot honour."""
+        key = group_key(request.id, request.name)
+        if not key:
+            await context.abort(Code.INVALID_ARGUMENT, "a consumer group needs a name or an id")
+        if request.delivery == groups_pb2.DeliverySemantic.EXACTLY_ONCE:
+            await context.abort(
+                Code.INVALID_ARGUMENT,
+                "delivery EXACTLY_ONCE cannot be honoured: the server cannot know whether what you did with"
+                " an event happened; use AT_LEAST_ONCE (the default) and skip event ids already processed",
+            )
+        timeout = request.delivery_timeout.ToTimedelta().total_seconds()
+        if timeout < 0:
+            await context.abort(Code.INVALID_ARGUMENT, "a group's delivery_timeout cannot be negative")
+        group = self.groups.group(claims.project_id, key, request.name or request.id.hex())
+        shape = (frozenset(t.id for t in topics), query_text)
+        if group.members and group.shape != shape:
+            await context.abort(
+                Code.FAILED_PRECONDITION,
+                f"consumer group {group.name!r} is already reading other topics or another query;"
+                " every member of a group subscribes to the same topics with the same query",
+            )
+        return group.join(
+            shape[0],
+            query_text,
+            filter_,
+            at_most_once=request.delivery == groups_pb2.DeliverySemantic.AT_MOST_ONCE,
+            timeout=timeout or self.groups.settings.delivery_timeout,
+        )
+
+    async def _subscription_filter(
+        self, claims: Claims, request: query_pb2.Query, topics: list[Topic], context
+    ):
+        """A subscription's query (local extension): its text and a filter for its topic's events.
+
+        The query's WHERE and projection apply to the events of the topic it names,
+        which must be one of the subscription's; other topics' events pass as they are.
+        """
+        if not request.query.strip():
+            return "", None
+        query, target, topic = await self._parse_query(claims, request, context)
+        if query.offset or query.limit is not None:
+            await context.abort(
+                Code.INVALID_ARGUMENT,
+                "a subscription's query filters events: OFFSET and LIMIT are for queries",
+            )
+        if topic.id not in {t.id for t in topics}:
+            await context.abort(
+                Code.INVALID_ARGUMENT, f"the query reads {topic.name!r}, which this subscription does not"
+            )
+
+        def filter_(record: Record) -> bytes | None:
+            if record.topic_id != topic.id:
+                return record.wrapper
+            return _query_result(query, target, record.wrapper)
+
+        return request.query, filter_
 
     def _match_topics(self, claims: Claims, references) -> list[Topic]:
         """The caller's topics named by each reference (a name or a ULID string)."""
@@ -335,6 +436,8 @@ class EnsignService:
                 return
             for record in batch:
                 position = record.rlid
+                if record.duplicate_of is not None and not request.include_duplicates:
+                    continue
                 result = _query_result(query, target, record.wrapper)
                 if result is None:
                     continue
@@ -400,21 +503,20 @@ class EnsignService:
         except StoreError as err:
             await context.abort(Code.UNAVAILABLE, f"could not change topic {topic.name!r}: {err}")
         if state == DELETING:
-            task = asyncio.create_task(self._destroy(topic))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._destroy(topic))
         log.info("topic %s (%s) is now %s", topic.name, ulid_to_str(topic.id), state)
         return topic_pb2.TopicStatus(id=request.id, state=topic_pb2.TopicState.Value(state))
 
     async def finish_destructions(self) -> None:
         """Complete the destructions a stopped server left half done (their topics say DELETING)."""
-        for topic in self.catalog.deleting():
+        for topic in self.catalog.in_state(DELETING):
             await self._destroy(topic)
 
     async def _destroy(self, topic: Topic) -> None:
         """Remove a topic's events and positions, then its name (a stopped server finishes at start-up)."""
         try:
             await self.committer.destroy_topic(topic.id)
+            self.groups.forget_topic(topic.id)
             await asyncio.to_thread(self.catalog.remove_topic, topic.id)
         except StoreError as err:
             log.error("could not finish destroying topic %s; the next start will: %s", topic.name, err)
@@ -440,6 +542,7 @@ class EnsignService:
         for topic in topics:
             topic_info = await self._topic_info(topic)
             info.events += topic_info.events
+            info.duplicates += topic_info.duplicates
             info.data_size_bytes += topic_info.data_size_bytes
             info.topics.append(topic_info)
         return info
@@ -458,6 +561,7 @@ class EnsignService:
                     by_type[key] = topic_pb2.EventTypeInfo(type=event.type, mimetype=event.mimetype)
                 for totals in (info, by_type[key]):
                     totals.events += 1
+                    totals.duplicates += record.duplicate_of is not None
                     totals.data_size_bytes += len(record.wrapper)
                     totals.modified.CopyFrom(wrapper.committed)
             position = batch[-1].rlid
@@ -466,12 +570,73 @@ class EnsignService:
         info.types.extend(by_type.values())
         return info
 
-    # Not yet implemented -------------------------------------------------------------
+    # Topic policies --------------------------------------------------------------------
 
-    async def _unimplemented(self, request, context):
-        await context.abort(Code.UNIMPLEMENTED, "not implemented by local_ensign yet")
+    async def SetTopicPolicy(self, request: topic_pb2.TopicPolicy, context) -> topic_pb2.TopicStatus:
+        """Set a topic's deduplication policy: PENDING while its stored events are marked, then READY.
 
-    SetTopicPolicy = _unimplemented
+        The checks and their order are Ensign's. Sharding strategies other than the
+        default answer UNIMPLEMENTED, as they did there.
+        """
+        claims = await self._authorize(context, "topics:edit")
+        if not request.id:
+            await context.abort(Code.INVALID_ARGUMENT, "missing id field")
+        wanted = request.deduplication_policy
+        no_dedup = not request.HasField("deduplication_policy") or not wanted.strategy
+        if no_dedup and not request.sharding_strategy:
+            await context.abort(Code.INVALID_ARGUMENT, "no policies defined to set on topic")
+        try:
+            parse_ulid(request.id)
+        except ValueError:
+            await context.abort(Code.INVALID_ARGUMENT, "invalid id field")
+        topic = self._own_topic(claims, request.id)
+        if topic is None or not topic.live:
+            await context.abort(Code.NOT_FOUND, "topic not found")
+        if topic.state == READONLY:
+            await context.abort(Code.FAILED_PRECONDITION, "cannot change policies of an archived topic")
+        if topic.state != READY:
+            await context.abort(
+                Code.FAILED_PRECONDITION, f"cannot change a topic that is in the {topic.state} state"
+            )
+        if request.sharding_strategy:
+            await context.abort(
+                Code.UNIMPLEMENTED, "changing the sharding strategy of a topic is currently not supported"
+            )
+        status = topic_pb2.TopicStatus(id=request.id, state=topic_pb2.TopicState.READY)
+        if dedup.stored(wanted) == topic.deduplication:
+            return status  # already in place
+        if problem := dedup.problem(wanted):
+            await context.abort(Code.INVALID_ARGUMENT, problem)
+        try:
+            await asyncio.to_thread(self.catalog.set_deduplication, topic.id, dedup.stored(wanted), PENDING)
+        except StoreError as err:
+            await context.abort(Code.UNAVAILABLE, f"could not change topic {topic.name!r}: {err}")
+        self._in_background(self._apply_policy(topic.id, dedup.normalize(wanted)))
+        log.info("topic %s: deduplication %s", topic.name, dedup.describe(wanted))
+        status.state = topic_pb2.TopicState.PENDING
+        return status
+
+    async def finish_policies(self) -> None:
+        """Apply the policies a stopped server left PENDING (their topics say so)."""
+        for topic in self.catalog.in_state(PENDING):
+            await self._apply_policy(topic.id, dedup.load(topic.deduplication))
+
+    async def _apply_policy(self, topic_id: bytes, policy) -> None:
+        """Mark the topic's stored events by its new policy, then make it READY again.
+
+        Only a topic still PENDING becomes READY: one archived or destroyed meanwhile stays so.
+        """
+        try:
+            await self.committer.apply_policy(topic_id, policy)
+            await asyncio.to_thread(self.catalog.set_state, topic_id, READY, PENDING)
+        except StoreError as err:
+            log.error("could not apply a deduplication policy; the next start will: %s", err)
+
+    def _in_background(self, coroutine) -> None:
+        """Run work the reply does not wait for, keeping a reference until it ends."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 class InFlight:
@@ -611,6 +776,18 @@ async def _first(requests):
         return await requests.__anext__()
     except StopAsyncIteration:
         return None
+
+
+async def _read_acks(requests, member: Member) -> None:
+    """Hand a group member's acks and nacks to its group until the stream ends."""
+    try:
+        async for request in requests:
+            if request.HasField("ack"):
+                member.ack(request.ack.id)
+            elif request.HasField("nack"):
+                member.nack(request.nack.id, request.nack.code)
+    except (asyncio.CancelledError, grpc.aio.AioRpcError):
+        pass
 
 
 async def _drain(requests) -> None:

@@ -1,7 +1,8 @@
-"""Live-tail subscriptions: every committed event goes to every matching subscription.
+"""Subscriptions: every committed event goes to every matching subscription.
 
 A subscription starts at the tail of the log (the last committed RLID when it was
-registered) and then receives each later event of its topics in commit order.
+registered), or, for a consumer group, at its position in the log, and then receives
+each later event of its topics in commit order.
 
 Fast subscribers are fed from memory: the committer hands each new batch to
 ``offer``. A subscriber that falls behind by more than ``BUFFER_EVENTS`` events or
@@ -105,6 +106,7 @@ class Subscription:
         turns: WriteTurns,
         buffer_events: int,
         buffer_bytes: int,
+        from_log: bool = False,
     ) -> None:
         self.topic_ids = frozenset(topic_ids)
         self._log = log_
@@ -114,7 +116,7 @@ class Subscription:
         self._tail = tail  # RLID of the last event handed out or buffered
         self._buffer: deque[Record] = deque()
         self._buffered_bytes = 0
-        self._lagging = False
+        self._lagging = from_log  # reading the log until it has caught up with the tail
         self._wake = asyncio.Event()
         self.closed = False
 
@@ -196,10 +198,19 @@ class SubscriptionRegistry:
         self.tail = log_.last_rlid()
         self.turns = WriteTurns()
 
-    def register(self, topic_ids: Iterable[bytes]) -> Subscription:
-        """Open a subscription at the live tail; call before telling the client it is ready."""
+    def register(self, topic_ids: Iterable[bytes], after: bytes | None = None) -> Subscription:
+        """Open a subscription at the live tail, or after the RLID ``after`` (read from the log first).
+
+        Call it before telling the client it is ready.
+        """
         subscription = Subscription(
-            topic_ids, self.tail, self._log, self.turns, self._buffer_events, self._buffer_bytes
+            topic_ids,
+            self.tail if after is None else after,
+            self._log,
+            self.turns,
+            self._buffer_events,
+            self._buffer_bytes,
+            from_log=after is not None,
         )
         self._subscriptions.add(subscription)
         return subscription

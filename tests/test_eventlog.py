@@ -1,5 +1,7 @@
 """The event-log interface, the same tests for every store the server can run on."""
 
+import sqlite3
+
 import pytest
 
 from local_ensign.eventlog import MemoryEventLog, Record, SQLiteEventLog, TopicStats, read_topics
@@ -86,3 +88,32 @@ def test_the_durable_store_keeps_events_and_positions_across_a_reopen(tmp_path):
     assert again.group_positions(group) == {topic: stored[5].rlid}
     assert again.log_id == log_id
     again.close()
+
+
+def test_a_batch_moves_group_positions_with_it_and_marks_stored_records_anew(log):
+    topic, group = new_ulid(), new_ulid()
+    stored = records_for([topic], 4)
+    log.append(stored[:3], {group: {topic: stored[1].rlid}})
+    assert log.group_positions(group) == {topic: stored[1].rlid}
+    marked = stored[0]._replace(wrapper=b"marked!", duplicate_of=stored[2].rlid)
+    log.append([stored[3]], {group: {topic: stored[2].rlid}}, remarked=[marked])
+    assert log.read(topic, ZERO_RLID, 100, 2**30) == [marked, *stored[1:]]
+    assert log.group_positions(group) == {topic: stored[2].rlid}
+    assert log.topic_stats()[topic] == TopicStats(4, 30 + len(b"marked!"), stored[3].rlid, duplicates=1)
+    assert log.last_rlid() == stored[3].rlid
+
+
+def test_a_log_made_before_deduplication_opens_and_gains_the_mark(tmp_path):
+    topic = new_ulid()
+    (record,) = records_for([topic], 1)
+    old = sqlite3.connect(tmp_path / SQLiteEventLog.FILENAME)
+    old.executescript(
+        "CREATE TABLE events (topic_id BLOB NOT NULL, rlid BLOB NOT NULL, wrapper BLOB NOT NULL,"
+        " PRIMARY KEY (topic_id, rlid)) WITHOUT ROWID;"
+    )
+    old.execute("INSERT INTO events VALUES (?, ?, ?)", record[:3])
+    old.commit()
+    old.close()
+    log = SQLiteEventLog(tmp_path)
+    assert log.read(topic, ZERO_RLID, 10, 2**30) == [record]
+    log.close()

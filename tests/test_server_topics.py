@@ -1,7 +1,6 @@
 """Topic management through the real pyensign client against a real local_ensign server."""
 
 import pytest
-from pyensign.api.v1beta1 import topic_pb2
 from pyensign.exceptions import EnsignInvalidArgument, EnsignRPCError
 from ulid import ULID
 
@@ -91,22 +90,6 @@ def test_topic_exists_for_unknown_name_is_false(new_client):
         return exists
 
     assert run(body()) is False
-
-
-def test_features_planned_for_later_answer_unimplemented(new_client):
-    async def body():
-        client = new_client()
-        topic_id = await client.ensure_topic_exists("later")
-        try:
-            with pytest.raises(EnsignRPCError) as raised:
-                # Ensign.set_topic_deduplication_policy passes Python enums where protobuf wants
-                # numbers and fails in the client (pyensign 0.12.1b0); the low-level call works.
-                await client.client.set_topic_deduplication_policy(topic_id, topic_pb2.Deduplication.STRICT)
-        finally:
-            await client.close()
-        return raised.value
-
-    assert run(body()).name == "UNIMPLEMENTED"
 
 
 def test_retrieve_topic_and_topic_names_through_the_low_level_client(new_client):
