@@ -10,12 +10,11 @@ The lessons read five environment variables:
 ``ENSIGN_INSECURE``         ``true`` for a plaintext connection (local servers only)
 ==========================  ============================================================
 
-With ``ENSIGN_ENDPOINT`` unset, :func:`configure` uses the repository's local server
-(``local_ensign``): it finds the one already running for the data directory
-(``$LOCAL_ENSIGN_DATA_DIR``, else ``.local_ensign`` at the repository root), or starts
-one that lives as long as this Python process, and puts its address and a workshop
-API key into the variables above. Either way, :func:`connect` then builds the client
-from the environment alone.
+:func:`configure` runs once per notebook: with ``ENSIGN_ENDPOINT`` unset it uses the
+repository's local server (``local_ensign.discovery.attach_or_start``: the one already
+running for the data directory, else one that lives as long as this Python process) and
+puts its address and key into the variables above. :func:`connect` then builds each
+client from the :class:`Deployment` it returned and the environment alone.
 """
 
 from __future__ import annotations
@@ -23,13 +22,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyensign.ensign import Ensign
-
-REPO_DATA_DIR = Path(__file__).resolve().parent.parent / ".local_ensign"
-KEY_FILE = "workshop-key.json"
-_started_servers: list = []  # servers this process started; they stop when it exits
 
 
 @dataclass(frozen=True)
@@ -41,11 +35,6 @@ class Deployment:
     insecure: bool
     local: bool
     started_here: bool = False
-
-
-def local_data_dir() -> Path:
-    """The local server's data directory: ``$LOCAL_ENSIGN_DATA_DIR`` or the repository's."""
-    return Path(os.environ.get("LOCAL_ENSIGN_DATA_DIR") or REPO_DATA_DIR)
 
 
 def configure() -> Deployment:
@@ -61,49 +50,29 @@ def configure() -> Deployment:
             insecure=os.environ.get("ENSIGN_INSECURE", "").lower() in ("1", "true", "yes"),
             local=False,
         )
-    return _configure_local(local_data_dir())
+    from local_ensign.discovery import attach_or_start  # only the local server needs it
 
-
-def connect() -> Ensign:
-    """An Ensign client for the configured deployment; credentials come from the environment."""
-    deployment = configure()
-    return Ensign(endpoint=deployment.endpoint, insecure=deployment.insecure, auth_url=deployment.auth_url)
-
-
-def _configure_local(data_dir: Path) -> Deployment:
-    from local_ensign.launcher import LaunchError, LocalEnsign, running_server
-
-    state, started = running_server(data_dir), False
-    if state is None:
-        server = LocalEnsign(data_dir, project="workshop")
-        try:
-            server.start()
-            _started_servers.append(server)
-            state, started = {"endpoint": server.endpoint, "auth_url": server.auth_url}, True
-        except LaunchError:
-            state = running_server(data_dir)  # another process started it meanwhile
-            if state is None:
-                raise
-    credentials = _workshop_key(data_dir)
+    server = attach_or_start()
+    key = json.loads(server.key_file.read_text())
     os.environ.update(
-        ENSIGN_CLIENT_ID=credentials["ClientID"],
-        ENSIGN_CLIENT_SECRET=credentials["ClientSecret"],
-        ENSIGN_AUTH_URL=state["auth_url"],
-        ENSIGN_INSECURE="true",
+        ENSIGN_CLIENT_ID=key["ClientID"],
+        ENSIGN_CLIENT_SECRET=key["ClientSecret"],
+        ENSIGN_AUTH_URL=server.auth_url,
+        ENSIGN_INSECURE="false" if server.tls else "true",
     )
-    return Deployment(state["endpoint"], state["auth_url"], insecure=True, local=True, started_here=started)
+    return Deployment(
+        endpoint=server.endpoint,
+        auth_url=server.auth_url,
+        insecure=not server.tls,
+        local=True,
+        started_here=server.started_here,
+    )
 
 
-def _workshop_key(data_dir: Path) -> dict[str, str]:
-    """The local server's workshop API key, created once and kept in its data directory."""
-    from local_ensign.catalog import Catalog
-    from local_ensign.credentials import create_api_key, write_key_file
+def connect(deployment: Deployment | None = None) -> Ensign:
+    """An Ensign client for ``deployment`` (from :func:`configure`, called here if not given).
 
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        catalog = Catalog(data_dir)
-        try:
-            write_key_file(path, create_api_key(catalog, "workshop"))
-        finally:
-            catalog.close()
-    return json.loads(path.read_text())
+    The API key comes from the environment, where pyensign looks for it.
+    """
+    deployment = deployment or configure()
+    return Ensign(endpoint=deployment.endpoint, insecure=deployment.insecure, auth_url=deployment.auth_url)

@@ -40,8 +40,9 @@ def _image(png: bytes) -> Any:
 class LivePlot:
     """Metric curves against the number of events seen, redrawn every ``every`` points added.
 
-    ``add(n, snapshot)`` takes the event count and a dict holding each of ``metric_names`` (such as
-    ``StreamMetrics.snapshot()``), so ``plot.add`` can be a progressive-validation callback.
+    ``add(n, snapshot)`` takes the event count and a dict holding a number for each of
+    ``metric_names``, such as ``StreamMetrics.snapshot()`` or the values of a River
+    ``iter_progressive_val_score`` checkpoint.
     ``threshold`` draws a dashed line at that score (an alert level, say). ``display=None`` shows the
     plot only inside a Jupyter kernel; ``False`` never shows it. Call ``close()`` at the end: it
     draws the points added since the last redraw.

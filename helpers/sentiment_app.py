@@ -22,8 +22,9 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyensign.ensign import Ensign
 from pyensign.events import Event
@@ -35,11 +36,11 @@ from helpers.learning import StreamMetrics, make_model, predict_then_learn
 from helpers.streams import (
     STOP,
     PublishReport,
+    Subscription,
     close_client,
     consume,
     json_event,
     publish_records,
-    wait_until_subscribed,
 )
 
 REVIEWS, METRICS = "reviews", "sentiment-metrics"
@@ -48,9 +49,13 @@ END_OF_STREAM = {"end_of_stream": True}
 
 @dataclass
 class Trainer:
-    """The model service: predict→fit on each review, publish metrics every N reviews."""
+    """The model service: predict→fit on each review, publish metrics every N reviews.
 
-    ensign: Ensign | None = None  # the client metrics are published with (run_app sets it)
+    ``ensign`` is the client it publishes its metrics with; ``on_step(trainer)`` is called
+    after each prediction (for a progress bar or a live plot).
+    """
+
+    ensign: Ensign
     metrics_every: int = 100
     model: object = field(default_factory=make_model)
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
@@ -96,10 +101,10 @@ class Monitor:
     """The alerting service: warns when rolling accuracy drops under ``threshold``."""
 
     threshold: float = 0.60
+    on_alert: Callable[[str], None] = print  # gets each alert's message
     alerts: list[dict] = field(default_factory=list)
     seen: int = 0
     below: bool = False
-    report: Callable[[str], None] = print
 
     async def handle(self, event: Event) -> object:
         """One metrics event in: alert on the way down through the threshold."""
@@ -109,7 +114,7 @@ class Monitor:
         rolling = snapshot.get("rolling_accuracy")
         if rolling is not None and rolling < self.threshold and not self.below:
             self.alerts.append(snapshot)
-            self.report(f"ALERT after {snapshot['predicted']} reviews: rolling accuracy {rolling:.2f}")
+            self.on_alert(f"ALERT after {snapshot['predicted']} reviews: rolling accuracy {rolling:.2f}")
         self.below = rolling is not None and rolling < self.threshold
         return STOP if snapshot.get("final") else None
 
@@ -122,46 +127,49 @@ class AppResult:
 
 
 async def publish_reviews(
-    ensign: Ensign, records: Sequence[dict], timeout: float = 300.0, **kwargs
+    ensign: Ensign, records: Sequence[Mapping[str, Any] | Event], timeout: float = 300.0
 ) -> PublishReport:
     """The publisher service: every review, then the end-of-stream marker."""
     await ensign.ensure_topic_exists(REVIEWS)
-    report = await publish_records(ensign, REVIEWS, records, timeout=timeout, **kwargs)
+    report = await publish_records(ensign, REVIEWS, records, timeout=timeout)
     await publish_records(ensign, REVIEWS, [END_OF_STREAM], timeout=30)
     return report
 
 
 async def run_app(
-    connect: Callable[[], Ensign],
-    records: Sequence[dict],
+    new_client: Callable[[], Ensign],
+    records: Sequence[Mapping[str, Any] | Event],
     *,
     metrics_every: int = 100,
     threshold: float = 0.60,
     idle_timeout: float = 30.0,
-    trainer: Trainer | None = None,
-    monitor: Monitor | None = None,
-    progress: Callable[[int], None] | None = None,
+    on_step: Callable[[Trainer], None] | None = None,
+    on_alert: Callable[[str], None] = print,
 ) -> AppResult:
-    """Run the three services together, each with its own client, until the stream ends."""
-    publisher, model_client, monitor_client = connect(), connect(), connect()
-    for client, topic in ((publisher, REVIEWS), (publisher, METRICS)):
-        await client.ensure_topic_exists(topic)
-    trainer = trainer or Trainer(model_client, metrics_every=metrics_every)
-    trainer.ensign = model_client
-    monitor = monitor or Monitor(threshold=threshold)
+    """Run the three services together, each with its own client, until the stream ends.
+
+    ``new_client()`` makes each service's client (``helpers.connection.connect`` does);
+    ``on_step`` and ``on_alert`` go to the trainer and the monitor.
+    """
+    publisher, trainer_client, monitor_client = new_client(), new_client(), new_client()
+    trainer = Trainer(trainer_client, metrics_every=metrics_every, on_step=on_step)
+    monitor = Monitor(threshold=threshold, on_alert=on_alert)
     try:
-        watching = asyncio.create_task(
-            consume(monitor_client, METRICS, monitor.handle, idle_timeout=idle_timeout)
-        )
-        training = asyncio.create_task(
-            consume(model_client, REVIEWS, trainer.handle, idle_timeout=idle_timeout)
-        )
-        await wait_until_subscribed(monitor_client, METRICS)
-        await wait_until_subscribed(model_client, REVIEWS)
-        published = await publish_reviews(publisher, records, progress=progress)
-        await asyncio.gather(training, watching)
+        for topic in (REVIEWS, METRICS):
+            await publisher.ensure_topic_exists(topic)
+        # Both subscribers are open before the first review is published, since a
+        # subscription sees only the events committed after it opened.
+        async with (
+            Subscription(trainer_client, REVIEWS) as reviews,
+            Subscription(monitor_client, METRICS) as metrics,
+        ):
+            _, _, published = await asyncio.gather(
+                consume(reviews, trainer.handle, idle_timeout=idle_timeout),
+                consume(metrics, monitor.handle, idle_timeout=idle_timeout),
+                publish_reviews(publisher, records),
+            )
     finally:
-        for client in (publisher, model_client, monitor_client):
+        for client in (publisher, trainer_client, monitor_client):
             await close_client(client)
     return AppResult(published, trainer, monitor)
 
@@ -186,20 +194,23 @@ async def _demo(args: argparse.Namespace) -> int:
         title="Streaming sentiment: metrics as the model learns", display=False, threshold=args.threshold
     )
     bar = tqdm(total=len(records), unit="review", desc="predict→fit")
-    trainer = Trainer(metrics_every=args.metrics_every)
 
     def step(trainer: Trainer) -> None:
         bar.update(1)
         if trainer.predicted % args.metrics_every == 0:
             plot.add(trainer.predicted, trainer.metrics.snapshot())
 
-    trainer.on_step = step
-    monitor = Monitor(threshold=args.threshold, report=tqdm.write)
     started = time.perf_counter()
     result = await run_app(
-        connect, records, metrics_every=args.metrics_every, trainer=trainer, monitor=monitor
+        lambda: connect(deployment),
+        records,
+        metrics_every=args.metrics_every,
+        threshold=args.threshold,
+        on_step=step,
+        on_alert=tqdm.write,
     )
     seconds = time.perf_counter() - started
+    trainer, monitor = result.trainer, result.monitor
     bar.close()
     plot.add(trainer.predicted, trainer.metrics.snapshot())
     plot.close()
@@ -232,17 +243,21 @@ async def _publish(args: argparse.Namespace) -> int:
 
 async def _subscribe_until_done(client: Ensign, topic: str, handler, args: argparse.Namespace) -> None:
     """Run one subscribing service until its stream ends, it idles out, or Ctrl-C; then close."""
-    for name in (REVIEWS, METRICS):
-        await client.ensure_topic_exists(name)
     try:
-        await consume(client, topic, handler, idle_timeout=args.idle_timeout)
+        for name in (REVIEWS, METRICS):
+            await client.ensure_topic_exists(name)
+        async with Subscription(client, topic) as subscription:
+            await consume(subscription, handler, idle_timeout=args.idle_timeout)
     finally:
         await close_client(client)
 
 
 async def _train(args: argparse.Namespace) -> int:
-    trainer = Trainer(connect(), metrics_every=args.metrics_every)
-    trainer.on_step = lambda t: t.predicted % args.metrics_every or print(t.metrics.snapshot(), flush=True)
+    def print_metrics(trainer: Trainer) -> None:
+        if trainer.predicted % args.metrics_every == 0:
+            print(trainer.metrics.snapshot(), flush=True)
+
+    trainer = Trainer(connect(), metrics_every=args.metrics_every, on_step=print_metrics)
     print(f"training on '{REVIEWS}' until the end-of-stream marker (Ctrl-C stops)", flush=True)
     await _subscribe_until_done(trainer.ensign, REVIEWS, trainer.handle, args)
     print(f"predicted {trainer.predicted:,}, bad input {trainer.bad_input:,}: {trainer.metrics.snapshot()}")

@@ -4,6 +4,8 @@ A notebook cell that waits forever is the worst failure a lesson can have, so:
 
 * :func:`publish_records` returns once every event it published was acked or
   nacked by the server, or once ``timeout`` seconds passed, whichever comes first;
+* :func:`open_subscription` returns once the server said the subscription is open,
+  and the :class:`Subscription` it returns is what :func:`consume` reads from;
 * :func:`consume` stops after ``max_events``, after ``idle_timeout`` seconds without
   an event, or when the handler returns :data:`STOP` (a sentinel), whichever comes first;
 * :func:`close_client` closes a client even when a subscription stalled.
@@ -15,21 +17,22 @@ consume at once, ``asyncio.gather`` both inside one cell.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from pyensign.ensign import Ensign
 from pyensign.events import Event
+from pyensign.exceptions import NackError
 
 STOP = object()  # return this from a consume() handler to stop consuming
 
 
-def json_event(record: dict) -> Event:
+def json_event(record: Mapping[str, Any]) -> Event:
     """Encode a record as a JSON event."""
     return Event(json.dumps(record).encode("utf-8"), mimetype="application/json")
 
@@ -54,52 +57,167 @@ class PublishReport:
 async def publish_records(
     ensign: Ensign,
     topic: str,
-    records: Iterable[dict],
+    records: Iterable[Mapping[str, Any] | Event],
     *,
     timeout: float = 60.0,
-    on_ack: Callable[[Any], Awaitable[None]] | None = None,
-    on_nack: Callable[[Any], Awaitable[None]] | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> PublishReport:
-    """Publish each record as a JSON event, then wait for all acks and nacks (or ``timeout``).
+    """Publish each record as a JSON event (an ``Event`` as it is), then wait for every answer.
 
-    ``on_ack``/``on_nack`` are passed to pyensign (``async def`` functions; the first
-    publish to a topic fixes them for that client). Waiting uses each event's own
-    state, so it works whatever handlers the topic already has. ``progress(n)`` is
-    called with the number of events settled so far, for progress bars.
+    Returns once the server acked or nacked each event, or after ``timeout`` seconds in
+    all (``timed_out`` is then set). Each event's own ``wait_for_ack()`` tells when it
+    is settled, so this works whatever ``on_ack``/``on_nack`` handlers the topic has:
+    with pyensign 0.12.1b0 the first ``publish()`` to a topic fixes them for the client.
+    ``Ensign.flush()`` is no substitute: it returns once the client has sent the events,
+    before the server has answered them.
     """
     start = time.perf_counter()
-    deadline = start + timeout
-    events: list[Event] = []
+    events = [record if isinstance(record, Event) else json_event(record) for record in records]
     report = PublishReport()
-    for record in records:
-        event = record if isinstance(record, Event) else json_event(record)
-        try:
-            await asyncio.wait_for(
-                ensign.publish(topic, event, on_ack=on_ack, on_nack=on_nack),
-                max(deadline - time.perf_counter(), 0.001),
-            )
-        except TimeoutError:  # the client's queue stayed full: the server is not answering
-            report.timed_out = True
-            break
-        events.append(event)
-    report.published = len(events)
-    settled = 0
-    while settled < len(events) and not report.timed_out:
-        while settled < len(events) and (events[settled].acked() or events[settled].nacked()):
-            settled += 1
-        if progress:
-            progress(settled)
-        if settled < len(events):
-            if time.perf_counter() > deadline:
-                report.timed_out = True
-                break
-            await asyncio.sleep(0.01)
+    try:
+        # publish() waits while the client's 100-event queue is full, for as long as the
+        # server does not answer, and wait_for_ack() polls forever: this bounds both.
+        async with asyncio.timeout(timeout):
+            for event in events:
+                await ensign.publish(topic, event)
+                report.published += 1
+            for event in events:
+                with contextlib.suppress(NackError):  # a nack is an answer too; counted below
+                    await event.wait_for_ack()
+    except TimeoutError:
+        report.timed_out = True
     report.acked = sum(event.acked() for event in events)
     report.nacked = sum(event.nacked() for event in events)
     report.nack_errors = [event.error.error for event in events if event.nacked()]
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _subscribed(ensign: Ensign, topic: str) -> bool:
+    """True once the server said ready to one of this client's subscriptions to ``topic``."""
+    # pyensign 0.12.1b0 has no signal for "open": its subscriber streams fill this topic
+    # map from the server's ready message, so that map is the signal.
+    return any(topic in getattr(stream, "_topics", {}) for stream in ensign.client.subscribers.values())
+
+
+async def wait_until_subscribed(ensign: Ensign, topic: str, timeout: float = 10.0) -> None:
+    """Wait until ``ensign`` has an open subscription to ``topic`` (the server said ready).
+
+    For a loop over ``ensign.subscribe(topic)`` written by hand: a subscription opens on
+    the first iteration of ``subscribe()`` and, like real Ensign, sees only the events
+    committed after that, so publish once this returns. :func:`open_subscription` does
+    this wait itself.
+    """
+
+    async def opened() -> None:
+        while not _subscribed(ensign, topic):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(opened(), timeout)
+
+
+class Subscription:
+    """One client's open subscription to one topic: what :func:`consume` reads from.
+
+    Open it with ``await open_subscription(ensign, topic)``, or with ``async with
+    Subscription(ensign, topic) as subscription:``, which also closes it. Read it with
+    :func:`consume`, with ``await subscription.read(timeout)``, or with ``async for``.
+    Reads continue where the last one stopped, whoever made it.
+
+    pyensign 0.12.1b0 keeps one stream per client and topic, and closes it only with the
+    client: two subscriptions to the same topic on one client share that stream, and
+    split its events; subscriptions to different topics are independent. :meth:`close`
+    stops this object reading, not the stream: close the client with :func:`close_client`.
+    """
+
+    def __init__(self, ensign: Ensign, topic: str) -> None:
+        self.ensign = ensign
+        self.topic = topic
+        self.closed = False
+        self._events: AsyncIterator[Event] | None = None
+        # The read in progress. pyensign 0.12.1b0's subscribe() cannot be read with a
+        # timeout: cancelling a read ends the generator and loses the event its queue
+        # then receives. So a read that outlives a timeout is kept for the next one.
+        self._waiting: asyncio.Future[Event] | None = None
+
+    async def open(self, timeout: float = 10.0) -> Subscription:
+        """Start reading the topic, and return once the server said the subscription is open."""
+        if self._events is not None:
+            raise RuntimeError(f"the subscription to {self.topic!r} is already open")
+        self._events = self.ensign.subscribe(self.topic)
+        waiting = self._read_next()  # pyensign opens the stream on the first read
+
+        async def opened() -> None:
+            while not (_subscribed(self.ensign, self.topic) or waiting.done()):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(opened(), timeout)
+        if waiting.done() and not waiting.cancelled() and waiting.exception() is not None:
+            self.closed = True
+            raise waiting.exception()  # e.g. the topic does not exist
+        return self
+
+    def _read_next(self) -> asyncio.Future[Event]:
+        """The read in progress, started if there is none."""
+        if self._waiting is None:
+            self._waiting = asyncio.ensure_future(anext(self._events))
+            self._waiting.add_done_callback(_retrieve)
+        return self._waiting
+
+    async def read(self, timeout: float | None = None) -> Event:
+        """The next event; ``TimeoutError`` after ``timeout`` seconds without one (None: no limit).
+
+        Raises ``StopAsyncIteration`` once the stream has ended (its client was closed).
+        """
+        if self._events is None or self.closed:
+            raise RuntimeError(f"the subscription to {self.topic!r} is not open")
+        waiting = self._read_next()
+        done, _ = await asyncio.wait({waiting}, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"no event on {self.topic!r} for {timeout} s")
+        self._waiting = None
+        return waiting.result()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        """The next event, however long it takes, as with ``subscribe()``: bound the loop yourself."""
+        return await self.read()
+
+    async def close(self) -> None:
+        """Stop reading. Returns at once: it waits neither for the server nor for a read.
+
+        A read still waiting ends when the client closes, and the event it may get
+        before then is dropped. (Cancelling it instead would leave a task inside
+        pyensign 0.12.1b0 that takes that event anyway and is never finished.)
+        """
+        self.closed = True
+        self._waiting = None
+
+    async def __aenter__(self) -> Subscription:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open" if self._events is not None else "not opened"
+        return f"<Subscription to {self.topic!r}, {state}>"
+
+
+def _retrieve(read: asyncio.Future) -> None:
+    """Mark a read's outcome as seen, so a read nobody collects logs no error."""
+    if not read.cancelled():
+        read.exception()
+
+
+async def open_subscription(ensign: Ensign, topic: str, timeout: float = 10.0) -> Subscription:
+    """Subscribe ``ensign`` to ``topic`` and return the :class:`Subscription` once it is open.
+
+    Like real Ensign, the subscription sees only the events committed after it opened:
+    publish once this returns. Close it with ``await subscription.close()``.
+    """
+    return await Subscription(ensign, topic).open(timeout)
 
 
 @dataclass
@@ -111,58 +229,26 @@ class ConsumeReport:
     seconds: float = 0.0
 
 
-@dataclass
-class _Subscription:
-    """One client's subscription to one topic, kept open between ``consume`` calls."""
-
-    events: AsyncIterator[Event]
-    waiting: asyncio.Task | None = None  # a read that outlived an idle timeout
-
-
-_subscriptions: WeakKeyDictionary[Ensign, dict[str, _Subscription]] = WeakKeyDictionary()
-
-
-def _subscription(ensign: Ensign, topic: str) -> _Subscription:
-    """The client's open subscription to ``topic``, opened on first use.
-
-    Reusing it keeps one stream per client and topic: with pyensign 0.12.1b0, a second
-    ``subscribe()`` may open a second stream, and one left unread stalls ``close()``.
-    """
-    per_client = _subscriptions.setdefault(ensign, {})
-    if topic not in per_client:
-        per_client[topic] = _Subscription(ensign.subscribe(topic).__aiter__())
-    return per_client[topic]
-
-
 async def consume(
-    ensign: Ensign,
-    topic: str,
+    subscription: Subscription,
     handler: Callable[[Event], Any],
     *,
     max_events: int | None = None,
     idle_timeout: float = 10.0,
 ) -> ConsumeReport:
-    """Feed each event of ``topic`` to ``handler`` (sync or async) until a bound is reached.
+    """Feed each event of ``subscription`` to ``handler`` (sync or async) until a bound is reached.
 
-    The handler acks or nacks the event itself. The subscription is live: it sees
-    events committed after it opened (see :func:`wait_until_subscribed`). It stays
-    open after this returns, so a later call on the same client carries on where this
-    one stopped; a read still waiting at an idle timeout is kept for that next call
-    rather than cancelled (cancelling it would lose the event it then receives).
+    The handler acks or nacks the event itself. The subscription stays open after this
+    returns, so the next ``consume`` on it carries on where this one stopped.
     """
     report = ConsumeReport()
     start = time.perf_counter()
-    subscription = _subscription(ensign, topic)
     while max_events is None or report.events < max_events:
-        if subscription.waiting is None:
-            subscription.waiting = asyncio.ensure_future(subscription.events.__anext__())
-        done, _ = await asyncio.wait({subscription.waiting}, timeout=idle_timeout)
-        if not done:
+        try:
+            event = await subscription.read(idle_timeout)
+        except TimeoutError:
             report.reason = "idle"
             break
-        read, subscription.waiting = subscription.waiting, None
-        try:
-            event = read.result()
         except StopAsyncIteration:
             report.reason = "ended"
             break
@@ -179,22 +265,6 @@ async def consume(
     return report
 
 
-async def wait_until_subscribed(ensign: Ensign, topic: str, timeout: float = 10.0) -> None:
-    """Wait until ``ensign`` has an open subscription to ``topic`` (server said ready).
-
-    A subscription opens on the first iteration of ``subscribe()`` and, like real
-    Ensign, sees only events committed after that. pyensign 0.12.1b0 offers no signal
-    for "open", so this looks at the client's subscriber streams, whose topic map is
-    filled by the server's ready message.
-    """
-
-    async def opened() -> None:
-        while not any(topic in getattr(s, "_topics", {}) for s in ensign.client.subscribers.values()):
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(opened(), timeout)
-
-
 async def close_client(ensign: Ensign, timeout: float = 5.0) -> None:
     """Close a client, even when a subscription stopped being read.
 
@@ -203,9 +273,6 @@ async def close_client(ensign: Ensign, timeout: float = 5.0) -> None:
     forever. After ``timeout`` those tasks are cancelled and a second ``close()``
     closes the channel.
     """
-    for subscription in _subscriptions.pop(ensign, {}).values():
-        if subscription.waiting is not None:
-            subscription.waiting.cancel()
     try:
         await asyncio.wait_for(ensign.close(), timeout)
     except TimeoutError:

@@ -21,8 +21,8 @@ import grpc
 from pyensign.api.v1beta1 import ensign_pb2
 
 from . import __version__, workshop
-from .catalog import Catalog
-from .credentials import create_api_key, write_key_file
+from .credentials import create_key
+from .discovery import create_key_file, default_data_dir
 from .groups import DELIVERY_TIMEOUT, MAX_UNACKED, GroupSettings
 from .launcher import ask_status
 from .server import (
@@ -31,7 +31,6 @@ from .server import (
     DEFAULT_PORT,
     ServerConfig,
     ServerError,
-    default_data_dir,
     prepare_data_dir,
     read_state,
     serve,
@@ -72,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="local_ensign", description="A local Ensign server for the pyensign client.")
     parser.add_argument("--version", action="version", version=f"local_ensign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    data_help = "data directory (default: $LOCAL_ENSIGN_DATA_DIR or ./.local_ensign)"
+    default_dir = str(default_data_dir()).replace("%", "%%")  # argparse %-formats help texts
+    data_help = f"data directory (default: {default_dir}; $LOCAL_ENSIGN_DATA_DIR sets it)"
     ca_help = "PEM CA certificate to trust for a TLS server (default: $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
 
     run = commands.add_parser("serve", help="run the server in the foreground")
@@ -241,24 +241,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _keys_create(args: argparse.Namespace) -> int:
     data_dir = prepare_data_dir(args.data_dir or default_data_dir())
-    catalog = Catalog(data_dir)
     permissions = (
         None if args.permissions is None else [p.strip() for p in args.permissions.split(",") if p.strip()]
     )
     try:
-        credentials = create_api_key(catalog, args.project, permissions)
+        if args.out is None:
+            print(json.dumps(create_key(data_dir, args.project, permissions), indent=2))
+            return 0
+        create_key_file(args.out, data_dir, args.project, permissions)
     except ValueError as err:
         raise ServerError(f"{err} (choose from {', '.join(PERMISSIONS)})") from None
-    finally:
-        catalog.close()
-    if args.out is None:
-        print(json.dumps(credentials, indent=2))
-    else:
-        try:
-            write_key_file(args.out, credentials)
-        except OSError as err:
-            raise ServerError(f"cannot write key file {args.out}: {err.strerror}") from None
-        print(f"wrote API key for project {args.project!r} to {args.out}")
+    print(f"wrote API key for project {args.project!r} to {args.out}")
     return 0
 
 

@@ -73,6 +73,19 @@ def create_api_key(
     return {"ClientID": client_id, "ClientSecret": secret}
 
 
+def create_key(data_dir: Path, project_name: str, permissions: Iterable[str] | None = None) -> dict[str, str]:
+    """Create a key in the catalog of the data directory ``data_dir``, as :func:`create_api_key` does.
+
+    The catalog is opened for this one key and closed again, so this works while a server
+    runs on that directory (it reads keys from disk on each authentication).
+    """
+    catalog = Catalog(Path(data_dir))
+    try:
+        return create_api_key(catalog, project_name, permissions)
+    finally:
+        catalog.close()
+
+
 @functools.cache
 def _unknown_id_hash() -> str:
     """A hash of a random secret, made once, to check secrets sent with unknown client ids against.

@@ -5,9 +5,11 @@
 
 The server runs in its own process (sharing the client's interpreter would halve
 the client's throughput), on free ports unless told otherwise, with a temporary
-data directory unless given one. The child watches its standard input, which is
-a pipe from this process: when this process ends, however it ends, the pipe
+data directory unless given one. It is ready once it has written ``server.json``
+(where it listens) into its data directory. The child watches its standard input,
+which is a pipe from this process: when this process ends, however it ends, the pipe
 closes and the child shuts down, so it never outlives the process that started it.
+A ``LocalEnsign`` that is dropped without being stopped stops its server too.
 
 Given ``tls_cert`` and ``tls_key``, the server speaks TLS only and ``client_kwargs()``
 asks for a TLS connection; pyensign trusts the roots gRPC finds, so the client's
@@ -17,27 +19,25 @@ gRPC, ``SSL_CERT_FILE`` for the auth request), set before it first uses gRPC.
 
 from __future__ import annotations
 
-import atexit
 import os
-import re
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 from pyensign.api.v1beta1 import ensign_pb2, ensign_pb2_grpc
 
-from .catalog import Catalog
-from .credentials import create_api_key
-from .server import READY_PREFIX, read_state, serves_tls
+from .credentials import create_key
+from .server import read_state
 
-_READY = re.compile(r"gRPC at (?P<endpoint>\S+), auth at (?P<auth_url>\S+),")
+READY_POLL = 0.02  # seconds between looks for the child's server.json
+STOP_TIMEOUT = 10.0  # seconds the child gets to stop after SIGTERM, before SIGKILL
 
 
 def ask_status(
@@ -55,18 +55,6 @@ def ask_status(
         channel = grpc.insecure_channel(endpoint)
     with channel:
         return ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
-
-
-def running_server(data_dir: str | Path, timeout: float = 2.0) -> dict | None:
-    """Where the server using ``data_dir`` listens, if one runs and answers ``Status``."""
-    state = read_state(Path(data_dir))
-    if not state:
-        return None
-    try:
-        ask_status(state["endpoint"], timeout, tls=serves_tls(state))
-    except grpc.RpcError:
-        return None
-    return state
 
 
 class LaunchError(RuntimeError):
@@ -107,6 +95,7 @@ class LocalEnsign:
         self.auth_url = ""
         self.credentials: dict[str, str] | None = None
         self.process: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None  # stops the child if this object is dropped
         self.log_path = self.data_dir / "server.log"
 
     def start(self, timeout: float = 30.0) -> LocalEnsign:
@@ -142,21 +131,21 @@ class LocalEnsign:
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=log,
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        line = self._read_ready_line(timeout)
-        found = _READY.search(line)
-        if not found:
+        # Runs if this object is dropped, or at exit through weakref's one atexit hook: no handler per start.
+        self._finalizer = weakref.finalize(self, _end, self.process, signal.SIGTERM, STOP_TIMEOUT)
+        state = self._wait_for_state(timeout)
+        if state is None:
             self._terminate(signal.SIGKILL)
             raise LaunchError(f"local_ensign did not start: {self.log_tail()}")
-        self.endpoint, self.auth_url = found["endpoint"], found["auth_url"]
+        self.endpoint, self.auth_url = state["endpoint"], state["auth_url"]
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         self.auth_port = int(self.auth_url.rsplit(":", 1)[1])
         if self.credentials is None:
             self.credentials = self.create_key(self.project)
-        atexit.register(self.stop)
         return self
 
     @property
@@ -164,26 +153,26 @@ class LocalEnsign:
         """Whether the server speaks TLS (gRPC and the auth endpoint alike)."""
         return self.tls_cert is not None
 
-    def _read_ready_line(self, timeout: float) -> str:
-        assert self.process is not None and self.process.stdout is not None
+    def _wait_for_state(self, timeout: float) -> dict | None:
+        """The ``server.json`` our child writes once both its endpoints accept connections.
+
+        None if the child exits first or nothing comes within ``timeout`` seconds. A file
+        with another pid is what a killed server left behind, or another server's.
+        """
+        assert self.process is not None
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if not selector.select(remaining):
-                    break
-                line = self.process.stdout.readline().decode(errors="replace")
-                if not line or line.startswith(READY_PREFIX):
-                    return line
-        return ""
+        while time.monotonic() < deadline:
+            state = read_state(self.data_dir)
+            if isinstance(state, dict) and state.get("pid") == self.process.pid:
+                return state
+            if self.process.poll() is not None:
+                return None
+            time.sleep(READY_POLL)
+        return None
 
     def create_key(self, project: str) -> dict[str, str]:
         """Create another API key (for ``project``) in this server's data directory."""
-        catalog = Catalog(self.data_dir)
-        try:
-            return create_api_key(catalog, project)
-        finally:
-            catalog.close()
+        return create_key(self.data_dir, project)
 
     def client_kwargs(self, credentials: dict[str, str] | None = None) -> dict:
         """Keyword arguments for ``pyensign.ensign.Ensign(...)`` to reach this server.
@@ -201,7 +190,7 @@ class LocalEnsign:
             "auth_url": self.auth_url,
         }
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Shut the server down cleanly (SIGTERM, then SIGKILL after ``timeout``)."""
         self._terminate(signal.SIGTERM, timeout)
 
@@ -220,20 +209,13 @@ class LocalEnsign:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _terminate(self, signum: int, timeout: float = 10.0) -> None:
+    def _terminate(self, signum: int, timeout: float = STOP_TIMEOUT) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signum)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                stream.close()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if process is not None:
+            _end(process, signum, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server's log, for error messages."""
@@ -247,3 +229,16 @@ class LocalEnsign:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
+
+
+def _end(process: subprocess.Popen, signum: int, timeout: float) -> None:
+    """Send ``signum`` to a server child, wait for it (SIGKILL after ``timeout``), close its pipe."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdin is not None:
+        process.stdin.close()

@@ -1,8 +1,9 @@
 """Runs the whole server: catalog, event log, committer, gRPC service and auth endpoint.
 
-``serve()`` starts everything, writes ``server.json`` (where to reach the server)
-into the data directory, prints one ready line to standard output once both
-endpoints accept connections, and shuts down cleanly when asked to stop.
+``serve()`` starts everything, writes ``server.json`` (where to reach the server;
+``local_ensign.discovery`` reads it) into the data directory, prints one ready line
+to standard output once both endpoints accept connections, and shuts down cleanly
+when asked to stop.
 
 Everything it writes is its owner's alone (a 0700 directory of 0600 files), and
 a data directory it cannot use (a damaged or foreign file, a full or read-only
@@ -54,11 +55,6 @@ STOP_GRACE = 1.0  # seconds open streams get to finish when the server stops
 # nacked. Refused by gRPC instead, it would end the publish stream, and pyensign never
 # settles the events it had queued behind it.
 GRPC_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", -1)]
-
-
-def default_data_dir() -> Path:
-    """``$LOCAL_ENSIGN_DATA_DIR`` if set, else ``.local_ensign`` in the working directory."""
-    return Path(os.environ.get("LOCAL_ENSIGN_DATA_DIR") or ".local_ensign")
 
 
 class ServerError(Exception):
@@ -252,9 +248,13 @@ async def serve(config: ServerConfig) -> None:
             "store": config.store,
         }
         state_path = data_dir / STATE_FILE
+        partial = data_dir / f".{STATE_FILE}.{os.getpid()}"
         try:
-            state_path.write_text(json.dumps(state, indent=2) + "\n")
+            # Whole or not at all: clients and the launcher read it as soon as it appears.
+            partial.write_text(json.dumps(state, indent=2) + "\n")
+            partial.replace(state_path)
         except OSError as err:
+            partial.unlink(missing_ok=True)
             raise ServerError(f"cannot write {state_path}: {err.strerror}") from None
         stack.callback(state_path.unlink, missing_ok=True)
         print(

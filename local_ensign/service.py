@@ -312,19 +312,7 @@ class EnsignService:
         """Send every new event of the subscription's topics (that its query keeps), as it is committed."""
         reader = asyncio.create_task(_drain(requests))
         try:
-            if not await _send(context, ready, "subscriber"):
-                return
-            turns = self.registry.turns
-            while batch := await subscription.next_batch():
-                for record in batch:
-                    if record.duplicate_of is not None:
-                        continue  # marked by the topic's deduplication policy: never delivered
-                    wrapper = record.wrapper if filter_ is None else filter_(record)
-                    if wrapper is None:
-                        continue
-                    await turns.turn()
-                    if not await _send(context, wire.event_reply(wrapper), "subscriber"):
-                        return
+            await self._send_batches(context, ready, _live_batches(subscription, filter_))
         finally:
             self.registry.unregister(subscription)
             log.info("subscription closed (%d open)", len(self.registry))
@@ -334,19 +322,23 @@ class EnsignService:
         """Send a group member its share of the events; its acks and nacks settle them."""
         reader = asyncio.create_task(_read_acks(requests, member))
         try:
-            if not await _send(context, ready, "subscriber"):
-                return
-            turns = self.registry.turns
-            while batch := await member.next_batch():
-                for wrapper in batch:
-                    await turns.turn()
-                    if not await _send(context, wire.event_reply(wrapper), "subscriber"):
-                        return
+            await self._send_batches(context, ready, _member_batches(member))
         finally:
             member.group.leave(member)
             group = member.group
             log.info("consumer group %r: a member left (%d left)", group.name, len(group.members))
             reader.cancel()
+
+    async def _send_batches(self, context, ready, batches: AsyncIterator[list[bytes]]) -> None:
+        """Say the stream is ready, then send each batch's wrappers in turn until the client leaves."""
+        if not await _send(context, ready, "subscriber"):
+            return
+        turns = self.registry.turns
+        async for batch in batches:
+            for wrapper in batch:
+                await turns.turn()
+                if not await _send(context, wire.event_reply(wrapper), "subscriber"):
+                    return
 
     async def _join_group(self, claims: Claims, request, topics: list[Topic], query_text, filter_, context):
         """Add this stream to its consumer group, or refuse what the group cannot honour."""
@@ -776,6 +768,23 @@ async def _first(requests):
         return await requests.__anext__()
     except StopAsyncIteration:
         return None
+
+
+async def _live_batches(subscription, filter_) -> AsyncIterator[list[bytes]]:
+    """A live subscription's events as wrappers to send: duplicates and what its query drops left out."""
+    while batch := await subscription.next_batch():
+        wrappers = [
+            record.wrapper if filter_ is None else filter_(record)
+            for record in batch
+            if record.duplicate_of is None  # marked by the topic's deduplication policy: never delivered
+        ]
+        yield [wrapper for wrapper in wrappers if wrapper is not None]
+
+
+async def _member_batches(member: Member) -> AsyncIterator[list[bytes]]:
+    """A group member's share of the events, as its group hands them out."""
+    while batch := await member.next_batch():
+        yield batch
 
 
 async def _read_acks(requests, member: Member) -> None:

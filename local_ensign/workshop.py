@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -35,21 +34,19 @@ from pyensign.exceptions import (
     QueryNoRows,
 )
 
-from .catalog import Catalog
-from .credentials import create_api_key, write_key_file
+from .discovery import WORKSHOP_PROJECT, project_key_file
 from .launcher import ask_status
 from .server import STATE_FILE, ServerError, read_state, serves_tls
 
-# The project helpers.connection gives the lessons' key (kept in the data directory as
-# workshop-key.json), so by default these commands see the lessons' topics.
-DEFAULT_PROJECT = "workshop"
+# The project of the lessons' key (see discovery.attach_or_start), so by default these
+# commands see the lessons' topics.
+DEFAULT_PROJECT = WORKSHOP_PROJECT
 STATUS_TIMEOUT = 5.0  # seconds to wait for the server to answer Status
 OPEN_TIMEOUT = 30.0  # seconds a subscription may take to open
 TOPICS_TIMEOUT = 120.0  # seconds the topics and their totals may take (Info reads every event)
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the client to close
 WATCH_INTERVAL = 1.0  # seconds between the checks that the server still answers, while tailing
 JSON_MIMETYPES = {mimetypes.ApplicationJSON, mimetypes.ApplicationJSONUTF8, mimetypes.ApplicationJSONLD}
-_KEY_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -147,28 +144,15 @@ def _read_key_file(path: Path) -> dict[str, str]:
 
 
 def _workshop_key(data_dir: Path, project: str) -> dict[str, str]:
-    """The project's key kept in the data directory as ``<project>-key.json``, made on first use.
+    """The project's key kept in the data directory, made on first use (see ``project_key_file``).
 
-    For the default project that is the file helpers.connection keeps, so the notebooks
-    and these commands share one key instead of adding a key on every command.
+    For the default project that is the lessons' key, so the notebooks and these commands
+    share one key instead of adding a key on every command.
     """
-    if not _KEY_FILE_NAME.fullmatch(project):
-        raise ServerError(f"project name {project!r} cannot name a key file; pass --key FILE")
-    path = Path(data_dir) / f"{project}-key.json"
-    if path.exists():
-        return _read_key_file(path)
-    catalog = Catalog(Path(data_dir))
     try:
-        credentials = create_api_key(catalog, project)
-    finally:
-        catalog.close()
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        write_key_file(partial, credentials)
-        partial.replace(path)  # whole or not at all: another command may be reading it
-    except OSError as err:
-        raise ServerError(f"cannot write key file {path}: {err.strerror}") from None
-    return credentials
+        return _read_key_file(project_key_file(data_dir, project))
+    except ValueError as err:
+        raise ServerError(f"{err}; pass --key FILE") from None
 
 
 async def _with_client(client: Ensign, command: Callable[..., Awaitable[int]], **options) -> int:

@@ -12,9 +12,10 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from river import evaluate, metrics
 
 from helpers.data import load_records, shuffled
-from helpers.learning import StreamMetrics, make_model, progressive_validation
+from helpers.learning import examples, make_model
 from helpers.plotting import LivePlot, in_notebook
 
 matplotlib.use("Agg")  # what CI uses; the plot itself never picks a backend
@@ -95,10 +96,12 @@ def test_no_pyplot_figure_is_left_open() -> None:
     assert plt.get_fignums() == before
 
 
-def test_a_progressive_validation_callback(tmp_path: Path) -> None:
-    plot = LivePlot(metric_names=("accuracy", "rolling_accuracy"), every=2, display=False)
+def test_rivers_progressive_validation_checkpoints(tmp_path: Path) -> None:
+    plot = LivePlot(metric_names=("Accuracy", "Recall"), every=2, display=False)
     records = shuffled(load_records())[:450]
-    progressive_validation(make_model(), records, StreamMetrics(window_size=100), every=100, on_step=plot.add)
+    scores = metrics.Accuracy() + metrics.Recall()
+    for checkpoint in evaluate.iter_progressive_val_score(examples(records), make_model(), scores, step=100):
+        plot.add(checkpoint["Step"], {name: checkpoint[name].get() for name in plot.metric_names})
     plot.close()
     assert plot.xs == [100, 200, 300, 400, 450]
     assert plot.frames == 3
