@@ -22,7 +22,7 @@ DEFAULT_DATA_DIR = $(BIN)/python -c 'from local_ensign.discovery import default_
 SERVER_WAIT := 30
 
 .DEFAULT_GOAL := help
-.PHONY: help install data server test lint unit notebooks demo lab bench clean
+.PHONY: help install data server test lint unit notebooks demo demo-drift lab bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,8 +43,11 @@ data: $(STAMP) ## Fetch the human-rated corpora into data/ and verify their chec
 server: $(STAMP) ## Run the local Ensign server in the foreground (Ctrl-C stops it)
 	$(BIN)/python -m local_ensign serve
 
-demo: data ## Run the streaming sentiment app end to end on the local server and summarise it
+demo: data ## Run the streaming sentiment app on the local server, restart its trainer mid-stream, summarise
 	$(BIN)/python -m helpers.sentiment_app demo
+
+demo-drift: data ## Run lesson 07's drift comparison (frozen, learning, reset on drift) and write drift.png
+	$(BIN)/python -m helpers.drift
 
 lab: data ## Open JupyterLab on notebooks/ with the project's kernel and the local server running
 	$(BIN)/python -m ipykernel install --user --name think-beyond-the-batch \

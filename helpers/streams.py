@@ -8,6 +8,8 @@ A notebook cell that waits forever is the worst failure a lesson can have, so:
   and the :class:`Subscription` it returns is what :func:`consume` reads from;
 * :func:`consume` stops after ``max_events``, after ``idle_timeout`` seconds without
   an event, or when the handler returns :data:`STOP` (a sentinel), whichever comes first;
+* :func:`query_events` returns every event an EnSQL query selects (history, which has an
+  end), or raises ``TimeoutError`` once ``timeout`` seconds passed;
 * :func:`close_client` closes a client even when a subscription stalled.
 
 They run in the foreground of a cell (``await publish_records(...)``); to publish and
@@ -25,9 +27,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup
 from pyensign.ensign import Ensign
 from pyensign.events import Event
-from pyensign.exceptions import NackError
+from pyensign.exceptions import NackError, QueryNoRows
 
 STOP = object()  # return this from a consume() handler to stop consuming
 
@@ -123,15 +126,21 @@ class Subscription:
     :func:`consume`, with ``await subscription.read(timeout)``, or with ``async for``.
     Reads continue where the last one stopped, whoever made it.
 
+    Without ``consumer_group`` it is a live tail: it sees the events committed after it
+    opened. With one (``ConsumerGroup(name="trainer")``) it joins that group, which
+    starts at the topic's earliest event the first time and after its last acked events
+    later on (see the server's consumer groups in the README).
+
     pyensign 0.12.1b0 keeps one stream per client and topic, and closes it only with the
     client: two subscriptions to the same topic on one client share that stream, and
     split its events; subscriptions to different topics are independent. :meth:`close`
     stops this object reading, not the stream: close the client with :func:`close_client`.
     """
 
-    def __init__(self, ensign: Ensign, topic: str) -> None:
+    def __init__(self, ensign: Ensign, topic: str, consumer_group: ConsumerGroup | None = None) -> None:
         self.ensign = ensign
         self.topic = topic
+        self.consumer_group = consumer_group  # join this group: it decides where reading starts
         self.closed = False
         self._events: AsyncIterator[Event] | None = None
         # The read in progress. pyensign 0.12.1b0's subscribe() cannot be read with a
@@ -143,7 +152,7 @@ class Subscription:
         """Start reading the topic, and return once the server said the subscription is open."""
         if self._events is not None:
             raise RuntimeError(f"the subscription to {self.topic!r} is already open")
-        self._events = self.ensign.subscribe(self.topic)
+        self._events = self.ensign.subscribe(self.topic, consumer_group=self.consumer_group)
         waiting = self._read_next()  # pyensign opens the stream on the first read
 
         async def opened() -> None:
@@ -263,6 +272,35 @@ async def consume(
         report.reason = "max_events"
     report.seconds = time.perf_counter() - start
     return report
+
+
+async def query_events(ensign: Ensign, query: str, *, timeout: float = 60.0) -> list[Event]:
+    """Every event an EnSQL query selects, in the order the server returns them; ``[]`` if none.
+
+    A subscription sees what is committed after it opens; a query reads what the topic has
+    stored, whenever it was published, in commit order, and it ends. Raises ``TimeoutError``
+    if the server has not returned the last event within ``timeout`` seconds: a partial
+    history would quietly train a different model. The events are held in memory; for a
+    history too large for that, read ``await ensign.query(...)`` with ``async for``.
+    """
+    events: list[Event] = []
+    async with asyncio.timeout(timeout) as deadline:
+        try:
+            cursor = await ensign.query(query)
+        except QueryNoRows:
+            cursor = None
+        if cursor is not None:
+            try:
+                async for event in cursor:
+                    events.append(event)
+            finally:
+                cursor.close()  # a plain method in pyensign 0.12.1b0, not a coroutine
+    # pyensign 0.12.1b0's cursor takes a read cancelled by a timeout for the end of the results
+    # (and a query cancelled before its first event for QueryNoRows), so nothing was raised:
+    # the deadline tells whether the history was cut short.
+    if deadline.expired():
+        raise TimeoutError(f"{query!r}: {len(events):,} events in {timeout} s, and not the last")
+    return events
 
 
 async def close_client(ensign: Ensign, timeout: float = 5.0) -> None:

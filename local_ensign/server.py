@@ -45,6 +45,12 @@ from .tokens import ACCESS_TTL, SigningKeyError, TokenIssuer, load_signing_key
 
 log = logging.getLogger("local_ensign.server")
 
+# grpcio 1.59: freeing the last asyncio server shuts grpc's poller down, which joins the poller
+# thread from the event loop while that thread may be blocked writing to the very loop it waits
+# on; after a busy shutdown that deadlocks. So each server object is kept until the process
+# ends, and ``python -m local_ensign`` leaves with os._exit, skipping the finalisers.
+_KEPT_UNTIL_EXIT: list[grpc.aio.Server] = []
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5356
 DEFAULT_AUTH_PORT = 5357
@@ -224,6 +230,7 @@ async def serve(config: ServerConfig) -> None:
         )
 
         grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
+        _KEPT_UNTIL_EXIT.append(grpc_server)
         grpc_server.add_generic_rpc_handlers((method_handlers(service),))
         port = _add_port(grpc_server, f"{config.host}:{config.port}", tls)
         try:

@@ -1,6 +1,7 @@
 """helpers.streams: bounded publish and consume loops, against a real local server."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from helpers.streams import (
     json_event,
     open_subscription,
     publish_records,
+    query_events,
 )
 from local_ensign.launcher import LocalEnsign
 from local_ensign.service import MAX_EVENT_SIZE
@@ -198,3 +200,53 @@ def test_opening_a_subscription_to_a_missing_topic_fails_at_once(new_client):
         return elapsed
 
     assert run(body()) < 5
+
+
+def test_query_events_returns_the_stored_history_in_commit_order_filtered_or_empty(new_client):
+    records = [{"seq": i, "domain": "tweets" if i % 3 == 0 else "movies"} for i in range(60)]
+
+    async def body():
+        client = new_client()
+        await client.ensure_topic_exists("helpers-history")
+        before = await query_events(client, "SELECT * FROM helpers-history")
+        report = await publish_records(client, "helpers-history", records)
+        everything = await query_events(client, "SELECT * FROM helpers-history")
+        tweets = await query_events(client, "SELECT * FROM helpers-history WHERE domain = 'tweets'")
+        nothing = await query_events(client, "SELECT * FROM helpers-history WHERE domain = 'nyt'")
+        await close_client(client)
+        return report, before, everything, tweets, nothing
+
+    report, before, everything, tweets, nothing = run(body())
+    assert report.acked == 60
+    assert before == [] and nothing == []  # the server's "no rows" is an empty history, not an error
+    assert [json.loads(event.data) for event in everything] == records
+    ids = [event.id.bytes for event in everything]
+    assert ids == sorted(ids) and len(set(ids)) == len(records)  # commit order, each event once
+    assert [json.loads(event.data)["seq"] for event in tweets] == list(range(0, 60, 3))
+
+
+def test_query_events_raises_at_its_timeout_where_a_bounded_cursor_returns_part_of_the_history(new_client):
+    async def body():
+        client = new_client()
+        await client.ensure_topic_exists("helpers-long-history")
+        report = await publish_records(client, "helpers-long-history", [{"seq": i} for i in range(3000)])
+        # What query_events guards against: pyensign's cursor takes a read cancelled by a
+        # timeout for the end of the results, so wait_for returns part of them, and no error.
+        cursor = await client.query("SELECT * FROM helpers-long-history")
+        part = []
+
+        async def read_all() -> None:
+            async for event in cursor:
+                part.append(event)
+
+        await asyncio.wait_for(read_all(), 0.05)
+        with pytest.raises(TimeoutError):
+            await query_events(client, "SELECT * FROM helpers-long-history", timeout=0.05)
+        whole = await query_events(client, "SELECT * FROM helpers-long-history", timeout=30)
+        await close_client(client)
+        return report, part, whole
+
+    report, part, whole = run(body())
+    assert report.acked == 3000
+    assert 0 < len(part) < 3000
+    assert [json.loads(event.data)["seq"] for event in whole] == list(range(3000))
