@@ -136,7 +136,7 @@ class LocalEnsign:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         # Runs if this object is dropped, or at exit through weakref's one atexit hook: no handler per start.
-        self._finalizer = weakref.finalize(self, _end, self.process, signal.SIGTERM, STOP_TIMEOUT)
+        self._finalizer = weakref.finalize(self, end_process, self.process, signal.SIGTERM, STOP_TIMEOUT)
         state = self._wait_for_state(timeout)
         if state is None:
             self._terminate(signal.SIGKILL)
@@ -215,7 +215,7 @@ class LocalEnsign:
             self._finalizer.detach()
             self._finalizer = None
         if process is not None:
-            _end(process, signum, timeout)
+            end_process(process, signum, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server's log, for error messages."""
@@ -231,7 +231,7 @@ class LocalEnsign:
         self.cleanup()
 
 
-def _end(process: subprocess.Popen, signum: int, timeout: float) -> None:
+def end_process(process: subprocess.Popen, signum: int, timeout: float) -> None:
     """Send ``signum`` to a server child, wait for it (SIGKILL after ``timeout``), close its pipe."""
     if process.poll() is None:
         process.send_signal(signum)

@@ -38,6 +38,8 @@ from typing import Any
 
 import nats
 
+from .launcher import end_process
+
 HOST = "127.0.0.1"
 CLUSTER_NAME = "local-ensign"
 READY_TIMEOUT = 30.0  # seconds a start waits for every node and the JetStream meta leader
@@ -229,7 +231,7 @@ class NatsCluster:
             stderr=subprocess.DEVNULL,  # everything goes to --log
         )
         # Runs if this object is dropped, or at exit through weakref's one atexit hook.
-        node.finalizer = weakref.finalize(self, _end, node.process, signal.SIGTERM, STOP_TIMEOUT)
+        node.finalizer = weakref.finalize(self, end_process, node.process, signal.SIGTERM, STOP_TIMEOUT)
 
     def _wait_ready(self, node: NatsNode, deadline: float) -> None:
         """Wait until ``node`` accepts a client and its JetStream answers, or raise."""
@@ -266,7 +268,7 @@ class NatsCluster:
             node.finalizer.detach()
             node.finalizer = None
         if process is not None:
-            _end(process, signum, timeout)
+            end_process(process, signum, timeout)
 
     def __enter__(self) -> NatsCluster:
         try:
@@ -277,14 +279,3 @@ class NatsCluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
-
-
-def _end(process: subprocess.Popen, signum: int, timeout: float) -> None:
-    """Send ``signum`` to a nats-server and wait for it (SIGKILL after ``timeout``)."""
-    if process.poll() is None:
-        process.send_signal(signum)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
