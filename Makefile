@@ -22,7 +22,7 @@ DEFAULT_DATA_DIR = $(BIN)/python -c 'from local_ensign.discovery import default_
 SERVER_WAIT := 30
 
 .DEFAULT_GOAL := help
-.PHONY: help install data server test lint unit notebooks demo demo-drift lab bench clean
+.PHONY: help install data server cluster test lint unit notebooks demo demo-drift lab bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ data: $(STAMP) ## Fetch the human-rated corpora into data/ and verify their chec
 
 server: $(STAMP) ## Run the local Ensign server in the foreground (Ctrl-C stops it)
 	$(BIN)/python -m local_ensign serve
+
+cluster: $(STAMP) ## Run 3 NATS nodes and 2 Ensign gateways sharing one log, in the foreground (Ctrl-C stops them)
+	$(BIN)/python -m local_ensign cluster
 
 demo: data ## Run the streaming sentiment app on the local server, restart its trainer mid-stream, summarise
 	$(BIN)/python -m helpers.sentiment_app demo

@@ -14,17 +14,22 @@ import asyncio
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import grpc
 from pyensign.api.v1beta1 import ensign_pb2
 
 from . import __version__, workshop
-from .credentials import create_key
+from .cluster import LocalCluster
+from .credentials import create_key, write_key_file
 from .discovery import create_key_file, default_data_dir
 from .groups import DELIVERY_TIMEOUT, MAX_UNACKED, GroupSettings
-from .launcher import ask_status
+from .launcher import LaunchError, ask_status
+from .nats_launcher import NatsLaunchError
 from .server import (
     DEFAULT_AUTH_PORT,
     DEFAULT_HOST,
@@ -67,6 +72,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _jetstream_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1-64 letters, digits, '-' or '_'")
+    return text
+
+
+def _replicas(text: str) -> int:
+    if text not in {"1", "2", "3", "4", "5"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: JetStream keeps 1 to 5 replicas")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="local_ensign", description="A local Ensign server for the pyensign client.")
     parser.add_argument("--version", action="version", version=f"local_ensign {__version__}")
@@ -89,9 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--store",
-        choices=("sqlite", "memory"),
+        choices=("sqlite", "memory", "jetstream"),
         default="sqlite",
-        help="where events live: durable SQLite (default) or memory only",
+        help="where events live: durable SQLite (default), memory only, or a NATS JetStream cluster"
+        " shared by several servers (with --nats)",
+    )
+    run.add_argument(
+        "--nats",
+        default="",
+        metavar="URL[,URL...]",
+        help="the JetStream store's NATS nodes, e.g. nats://127.0.0.1:4222 (any node will do; more"
+        " let a server reconnect when one is down)",
+    )
+    run.add_argument(
+        "--jetstream-name",
+        default="local-ensign",
+        type=_jetstream_name,
+        help="names the JetStream stream and buckets: servers with the same name share projects,"
+        " keys, topics and events (default %(default)s)",
+    )
+    run.add_argument(
+        "--replicas",
+        type=_replicas,
+        default=1,
+        help="copies JetStream keeps of the stream and buckets (1-5, at most the cluster's nodes;"
+        " default %(default)s)",
     )
     run.add_argument(
         "--sync",
@@ -133,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--tls-key", type=Path, default=None, metavar="FILE", help="the certificate's unencrypted PEM key"
+    )
+
+    cluster = commands.add_parser(
+        "cluster", help="run a NATS JetStream cluster and gateways sharing one log, in the foreground"
+    )
+    cluster.add_argument("--nodes", type=_count, default=3, help="NATS nodes (default %(default)s)")
+    cluster.add_argument("--gateways", type=_count, default=2, help="Ensign gateways (default %(default)s)")
+    cluster.add_argument(
+        "--project", default="local", help="project of the printed API key (default %(default)s)"
+    )
+    cluster.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where nodes and gateways keep their files (default: a new"
+        " temporary directory, deleted at the end)",
     )
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
@@ -200,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "keys":
             return _keys_create(args)
+        if args.command == "cluster":
+            return _cluster(args)
         if args.command == "status":
             return _status(args)
         return _client_command(args)
@@ -221,12 +278,17 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if (args.store == "jetstream") != bool(args.nats):
+        raise ServerError("--store jetstream needs --nats URL[,URL...], and --nats needs --store jetstream")
     config = ServerConfig(
         data_dir=args.data_dir or default_data_dir(),
         host=args.host,
         port=args.port,
         auth_port=args.auth_port,
         store=args.store,
+        nats=tuple(url.strip() for url in args.nats.split(",") if url.strip()),
+        jetstream_name=args.jetstream_name,
+        replicas=args.replicas,
         sync=args.sync,
         exit_with_parent=args.exit_with_parent,
         tls_cert=args.tls_cert,
@@ -236,6 +298,46 @@ def _serve(args: argparse.Namespace) -> int:
     if args.access_ttl:
         config.access_ttl = args.access_ttl
     asyncio.run(serve(config))
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Run a LocalCluster until Ctrl-C or SIGTERM, after printing how to reach each gateway."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cluster = LocalCluster(args.nodes, args.gateways, data_dir=args.data_dir, project=args.project)
+    try:
+        cluster.start()
+    except (LaunchError, NatsLaunchError) as err:
+        cluster.cleanup()
+        raise ServerError(str(err)) from None
+    first = cluster.gateways[0]
+    key_file = cluster.data_dir / f"{args.project}-key.json"
+    write_key_file(key_file, cluster.credentials)
+    print(
+        f"local_ensign cluster ready: {args.nodes} NATS node(s) ({', '.join(cluster.nats.urls)}),"
+        f" every stream and bucket kept {cluster.replicas} time(s); {args.gateways} gateway(s)"
+    )
+    for index, gateway in enumerate(cluster.gateways):
+        print(
+            f"  gateway {index}: ENSIGN_ENDPOINT={gateway.endpoint} ENSIGN_AUTH_URL={gateway.auth_url}"
+            " ENSIGN_INSECURE=true"
+        )
+    print(
+        f"Every gateway accepts the key of project {args.project!r} in {key_file}; point a client at one:\n"
+        f"  export ENSIGN_CLIENT_ID={cluster.credentials['ClientID']}"
+        f" ENSIGN_CLIENT_SECRET={cluster.credentials['ClientSecret']}\n"
+        f"  export ENSIGN_ENDPOINT={first.endpoint} ENSIGN_AUTH_URL={first.auth_url} ENSIGN_INSECURE=true\n"
+        "Ctrl-C stops the cluster.",
+        flush=True,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        print("stopping the cluster", flush=True)
+        cluster.cleanup()
     return 0
 
 

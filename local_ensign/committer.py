@@ -40,8 +40,8 @@ from . import dedup, wire
 from .dedup import Deduplication, TopicIndex
 from .eventlog import EventLog, GroupPositions, Record
 from .groups import ConsumerGroup
-from .ids import RLIDSequence, rlid_before
-from .storage import StoreBusy, StoreError
+from .ids import rlid_before
+from .storage import StoreBusy, StoreConflict, StoreError
 from .subscriptions import SubscriptionRegistry
 
 log = logging.getLogger("local_ensign.committer")
@@ -110,10 +110,21 @@ class Committer:
         self._policies = dict(policies or {})  # topics with a deduplication policy
         self._indexes: dict[bytes, TopicIndex] = {}  # built when a topic with a policy is first published to
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self._rlids = RLIDSequence(log_.last_rlid())
         self._offsets = {topic_id: stats.events for topic_id, stats in log_.topic_stats().items()}
         self.committed = 0
         self.problem: str | None = None
+
+    def observe(self, records: list[Record], own: bool) -> None:
+        """A shared log's commits, in its order: hand them to subscribers; learn of other processes'.
+
+        Another process's events move the topics' offsets, and the deduplication index
+        of each topic they touch is rebuilt from the log when it is next needed.
+        """
+        if not own:
+            for record in records:
+                self._offsets[record.topic_id] = self._offsets.get(record.topic_id, 0) + 1
+                self._indexes.pop(record.topic_id, None)
+        self._registry.publish(records)
 
     def offset(self, topic_id: bytes) -> int:
         """How many events of this topic are committed."""
@@ -165,8 +176,12 @@ class Committer:
             if wait > 0:
                 await asyncio.sleep(wait)
             last_start = loop.time()
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            room = self._log.events_per_commit or float("inf")
+            room -= isinstance(first, PendingEvent)
+            while room > 0 and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                room -= isinstance(item, PendingEvent)
             try:
                 await self._commit(batch)
             except BaseException as err:
@@ -180,20 +195,32 @@ class Committer:
         stamp = Timestamp()
         stamp.GetCurrentTime()
         committed = stamp.SerializeToString()  # once per commit, reused for every event in it
-        offsets = dict(self._offsets)
-        remarked: dict[bytes, Record] = {}  # stored records whose duplicate mark changes
-        try:
-            records = await self._records(batch, committed, offsets, remarked)
-        except StoreError as err:  # the log could not be read to deduplicate
-            records, error = [], self._failed([], {}, f"could not read the log to find duplicates: {err}")
-        else:
-            error = None
         positions: GroupPositions = {}
         for item in batch:
             if isinstance(item, PendingPositions) and (moved := item.group.positions_to_save()):
                 positions.setdefault(item.group.group_id, {}).update(moved)
-        if error is None:
-            error = await self._write(records, positions, list(remarked.values()))
+        while True:
+            offsets = dict(self._offsets)
+            remarked: dict[bytes, Record] = {}  # stored records whose duplicate mark changes
+            try:
+                records = await self._records(batch, committed, offsets, remarked)
+            except StoreError as err:  # the log could not be read to deduplicate
+                records, error = [], self._failed([], {}, f"could not read the log to find duplicates: {err}")
+                break
+            try:
+                error = await self._write(records, positions, list(remarked.values()))
+            except StoreConflict:
+                # Another process committed first: take in what it wrote, then number the batch again.
+                for record in records:
+                    self._indexes.pop(record.topic_id, None)
+                positions = {}  # stored already: positions go first
+                try:
+                    await self._log.catch_up()
+                except StoreError as err:
+                    error = self._failed(records, {}, str(err))
+                    break
+                continue
+            break
         if error is None:
             self._offsets = offsets
             self.committed += len(records)
@@ -217,7 +244,7 @@ class Committer:
             else:
                 nack = ensign_pb2.Nack(id=item.local_id, code=ensign_pb2.Nack.Code.INTERNAL, error=error)
                 item.outbox.put_nowait(ensign_pb2.PublisherReply(nack=nack))
-        if error is None:
+        if error is None and not self._log.shared:  # a shared log hands every commit to ``observe``
             self._registry.publish(records)
 
     async def _records(
@@ -226,11 +253,12 @@ class Committer:
         """The batch's events as records to store, each with its RLID and offset, marked by any policy."""
         records: list[Record] = []
         at: dict[bytes, int] = {}  # RLID -> place in ``records``, for topics with a policy
+        rlids = self._log.rlids()
         for item in batch:
             if isinstance(item, PendingEvent):
                 offset = offsets.get(item.topic_id, 0) + 1
                 offsets[item.topic_id] = offset
-                rlid = self._rlids.next()
+                rlid = rlids.next()
                 wrapper = wire.stored_wrapper(
                     rlid, item.topic_id, offset, item.publisher, item.event, committed
                 )
@@ -311,7 +339,9 @@ class Committer:
         pause = 0.005
         while True:
             try:
-                self._log.append(records, positions, remarked)
+                await self._log.commit(records, positions, remarked)
+            except StoreConflict:
+                raise
             except StoreBusy as err:
                 if loop.time() < deadline:
                     self._set_problem(str(err))

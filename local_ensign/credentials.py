@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .catalog import ApiKey, Catalog
+from .jetstream_catalog import JetStreamCatalog
+from .nats_connection import NatsConnection
 from .tokens import PERMISSIONS
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -77,13 +79,34 @@ def create_key(data_dir: Path, project_name: str, permissions: Iterable[str] | N
     """Create a key in the catalog of the data directory ``data_dir``, as :func:`create_api_key` does.
 
     The catalog is opened for this one key and closed again, so this works while a server
-    runs on that directory (it reads keys from disk on each authentication).
+    runs on that directory (it reads keys from disk on each authentication). For a server
+    whose store is JetStream (its ``server.json`` says so), the key goes to the catalog in
+    the NATS cluster, where every gateway of that log finds it.
     """
+    from .server import read_state  # the server imports this module (through the auth endpoint)
+
+    state = read_state(Path(data_dir)) or {}
+    if state.get("store") == "jetstream":
+        return _create_shared_key(state["nats"], state["jetstream_name"], project_name, permissions)
     catalog = Catalog(Path(data_dir))
     try:
         return create_api_key(catalog, project_name, permissions)
     finally:
         catalog.close()
+
+
+def _create_shared_key(
+    urls: list[str], name: str, project_name: str, permissions: Iterable[str] | None
+) -> dict[str, str]:
+    connection = NatsConnection(urls, name="local_ensign keys")
+    try:
+        catalog = JetStreamCatalog(connection, name)
+        try:
+            return create_api_key(catalog, project_name, permissions)  # type: ignore[arg-type]
+        finally:
+            catalog.close()
+    finally:
+        connection.close()
 
 
 @functools.cache

@@ -13,6 +13,10 @@ implement it:
 * ``MemoryEventLog`` — the same interface over Python lists, for measuring what
   durability costs (``benchmarks/server_throughput.py``) and for throwaway servers.
 
+A third, ``jetstream_log.JetStreamEventLog``, keeps the log in a NATS JetStream stream
+that several server processes share (``shared``): it commits asynchronously and tells
+each process of the others' commits (see that module).
+
 Each stored record is the serialized ``EventWrapper`` exactly as it is delivered to
 subscribers, so reading never re-encodes anything. Reads go forward from a position
 and are bounded in events and in bytes, so a reader never loads more than a few
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from .ids import ZERO_RLID, new_ulid, ulid_to_str
+from .ids import ZERO_RLID, RLIDSequence, new_ulid, ulid_to_str
 from .storage import connect, store_error, write_transaction
 
 _SCHEMA = """
@@ -80,6 +84,17 @@ class EventLog(Protocol):
     """Everything the server needs from a store of events."""
 
     log_id: str  # identifies this log's contents; empty for a log that forgets them
+    shared: bool  # whether other processes append to the same log
+    events_per_commit: int | None  # the most events one commit may hold (None: no limit)
+    record_limit: int | None  # the largest stored record, in bytes (None: the server's own limit)
+
+    def rlids(self) -> RLIDSequence:
+        """Where the RLIDs of the next commit's records come from."""
+
+    async def commit(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
+        """``append``, awaited: how the committer writes (a networked log does not block the loop)."""
 
     def append(
         self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
@@ -134,7 +149,29 @@ def read_topics(
     return _bounded((r for r in merged if horizon is None or r.rlid <= horizon), max_bytes)[:limit]
 
 
-class SQLiteEventLog:
+class _LocalLog:
+    """What the logs kept by this process alone share: one RLID sequence, writes that return at once."""
+
+    shared = False
+    events_per_commit: int | None = None
+    record_limit: int | None = None
+    _rlid_sequence: RLIDSequence
+
+    def rlids(self) -> RLIDSequence:
+        return self._rlid_sequence
+
+    async def commit(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
+        self.append(records, positions, remarked)
+
+    def append(
+        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
+    ) -> None:
+        raise NotImplementedError
+
+
+class SQLiteEventLog(_LocalLog):
     """Durable event log in ``<data_dir>/events.sqlite3``; raises StoreError when it cannot."""
 
     FILENAME = "events.sqlite3"
@@ -152,6 +189,7 @@ class SQLiteEventLog:
             self.close()
             raise store_error(self.path, err) from None
         self.log_id = self._meta("log_id") or self._new_log_id()
+        self._rlid_sequence = RLIDSequence(self.last_rlid())
 
     def _meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -249,12 +287,13 @@ class SQLiteEventLog:
         self._writer.close()
 
 
-class MemoryEventLog:
+class MemoryEventLog(_LocalLog):
     """Event log held in memory only: lost when the process ends."""
 
     log_id = ""
 
     def __init__(self) -> None:
+        self._rlid_sequence = RLIDSequence()
         self._rlids: dict[bytes, list[bytes]] = {}
         self._records: dict[bytes, list[Record]] = {}
         self._bytes: dict[bytes, int] = {}

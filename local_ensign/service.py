@@ -35,6 +35,7 @@ from .committer import Committer, PendingEvent, PendingReply
 from .eventlog import EventLog, Record
 from .groups import GroupRegistry, Member, group_key
 from .ids import ZERO_RLID, parse_ulid, ulid_to_str
+from .jetstream_log import HEADROOM as HEADER_ROOM
 from .storage import StoreError
 from .subscriptions import SubscriptionRegistry
 from .tokens import Claims, InvalidToken, TokenIssuer
@@ -274,7 +275,7 @@ class EnsignService:
             )
         if topic.state == DELETING:
             return NackCode.TOPIC_DELETED, f"topic {topic.name!r} is being destroyed"
-        return event_problem(wrapper.event)
+        return event_problem(wrapper.event, self.event_log.record_limit)
 
     # Subscribe -----------------------------------------------------------------------
 
@@ -672,8 +673,19 @@ def _query_result(query: ensql.Query, target: ensql.TopicTarget, wrapper: bytes)
     return stored.SerializeToString()
 
 
-def event_problem(event: bytes):
-    """Why a pyensign subscriber could not receive this ``Event``, as ``(nack code, message)``, or None."""
+def event_problem(event: bytes, store_limit: int | None = None):
+    """Why this ``Event`` cannot be stored or received, as ``(nack code, message)``, or None.
+
+    ``store_limit`` is the largest record the event log takes (NATS's ``max_payload``, less
+    room for headers, for the JetStream store); the stored wrapper adds the publisher's
+    details and the ids to the event.
+    """
+    if store_limit is not None and len(event) > store_limit - wire.DELIVERY_OVERHEAD:
+        return (
+            NackCode.MAX_EVENT_SIZE_EXCEEDED,
+            f"event is {len(event):,} bytes; the NATS cluster holding this server's events takes messages"
+            f" of at most {store_limit + HEADER_ROOM:,} bytes (its max_payload setting)",
+        )
     if len(event) > MAX_EVENT_SIZE:
         return (
             NackCode.MAX_EVENT_SIZE_EXCEEDED,

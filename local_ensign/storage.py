@@ -54,6 +54,10 @@ class StoreBusy(StoreError):
     """Another process holds the file's write lock: the same call may work a moment later."""
 
 
+class StoreConflict(StoreError):
+    """Another process committed to a shared log first: take in what it wrote, then build the batch again."""
+
+
 def explain(path: Path, err: sqlite3.Error | OSError) -> tuple[str, str]:
     """``(what went wrong, what to do)`` for an error on ``path``, SQLite's or the system's own text kept."""
     text = err.strerror if isinstance(err, OSError) and err.strerror else str(err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -14,6 +15,7 @@ from pyensign.ensign import Ensign
 from local_ensign.eventlog import SQLiteEventLog
 from local_ensign.ids import ZERO_RLID, parse_ulid
 from local_ensign.launcher import LocalEnsign
+from local_ensign.nats_launcher import NatsCluster
 
 
 def run(coroutine: Coroutine, timeout: float = 120.0):
@@ -21,7 +23,7 @@ def run(coroutine: Coroutine, timeout: float = 120.0):
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
-STORES = ("sqlite", "memory")
+STORES = ("sqlite", "memory", "jetstream")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -33,10 +35,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("store", getattr(metafunc.module, "SERVER_STORES", STORES), scope="module")
 
 
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One NATS server with JetStream for the whole test session, started when first needed."""
+    with NatsCluster(nodes=1, data_dir=tmp_path_factory.mktemp("nats")) as cluster:
+        yield cluster
+
+
+def store_options(request: pytest.FixtureRequest, store: str) -> tuple[str, ...]:
+    """The ``serve`` options a store needs: for JetStream, the session's NATS server and a fresh name.
+
+    Each server gets a stream and buckets of its own, so modules never see each other's topics.
+    """
+    if store != "jetstream":
+        return ()
+    cluster = request.getfixturevalue("nats_cluster")
+    name = f"t{next(_jetstream_names)}"
+    return ("--nats", cluster.urls[0], "--jetstream-name", name)
+
+
+_jetstream_names = itertools.count()
+
+
 @pytest.fixture(scope="module")
-def server(store: str, tmp_path_factory: pytest.TempPathFactory):
+def server(store: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """One server per test module and store, on free ports, in a temporary data directory."""
-    instance = LocalEnsign(tmp_path_factory.mktemp("ensign"), project="tests", store=store).start()
+    instance = LocalEnsign(
+        tmp_path_factory.mktemp("ensign"), project="tests", store=store, options=store_options(request, store)
+    ).start()
     yield instance
     instance.stop()
 

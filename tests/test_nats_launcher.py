@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nats
@@ -165,3 +168,32 @@ def test_a_node_that_cannot_listen_fails_at_once_with_its_log(tmp_path):
         with pytest.raises(NatsLaunchError, match="exited"):
             cluster.start(timeout=10)
     assert cluster.pids == []
+
+
+def test_nodes_die_with_a_parent_killed_by_sigkill(tmp_path):
+    """A process that starts a cluster and is killed outright (no finalizer runs) leaves no node behind."""
+    script = (
+        "import sys, time; from local_ensign.nats_launcher import NatsCluster;"
+        f" c = NatsCluster(nodes=2, data_dir={str(tmp_path)!r}).start();"
+        " print(*c.pids, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _alive(pid)], "nats-server outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

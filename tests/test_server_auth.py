@@ -22,11 +22,14 @@ from helpers.streams import json_event
 from local_ensign.auth_http import MAX_BODY, READ_TIMEOUT
 from local_ensign.credentials import write_key_file
 from local_ensign.ids import new_ulid, parse_ulid
+from local_ensign.jetstream_catalog import JetStreamCatalog
 from local_ensign.launcher import LaunchError, LocalEnsign
+from local_ensign.nats_connection import NatsConnection
+from local_ensign.server import read_state
 from local_ensign.tokens import ALGORITHM, SigningKeyError, TokenIssuer, load_signing_key
 from tests.conftest import AckCounter, run
 
-SERVER_STORES = ("sqlite",)  # authentication and keys do not depend on where events are stored
+SERVER_STORES = ("sqlite", "jetstream")  # the stores with a catalog of their own
 
 
 def wrong_secret_kwargs(server: LocalEnsign) -> dict:
@@ -276,9 +279,25 @@ def resign(token: str, key: bytes) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
+def signing_key_of(server) -> bytes:
+    """The key the server signs tokens with: in its data directory, or in the JetStream catalog."""
+    if server.store != "jetstream":
+        return bytes.fromhex((server.data_dir / "signing.key").read_text())
+    state = read_state(server.data_dir)
+    connection = NatsConnection(state["nats"])
+    try:
+        catalog = JetStreamCatalog(connection, state["jetstream_name"])
+        try:
+            return catalog.signing_key()
+        finally:
+            catalog.close()
+    finally:
+        connection.close()
+
+
 def test_a_token_forged_with_the_empty_key_is_rejected(server):
     token = access_token(server)
-    real_key = bytes.fromhex((server.data_dir / "signing.key").read_text())
+    real_key = signing_key_of(server)
     assert list_topics_with(server, resign(token, real_key)) == grpc.StatusCode.OK  # the claims are right
     assert list_topics_with(server, resign(token, b"")) == grpc.StatusCode.UNAUTHENTICATED
 

@@ -8,8 +8,7 @@ from pyensign.ensign import Ensign
 from pyensign.exceptions import EnsignRPCError
 
 from helpers.streams import close_client, json_event
-from local_ensign.catalog import Catalog
-from local_ensign.credentials import create_api_key
+from local_ensign.credentials import create_key
 from tests.conftest import AckCounter, run
 from tests.test_cli import PYTHON
 
@@ -18,11 +17,7 @@ DASHBOARD = ("subscriber", "topics:read")  # can read and query, cannot write an
 
 def restricted_key(server, permissions) -> dict[str, str]:
     """A key of the tests' project holding only ``permissions``, made in the server's catalog."""
-    catalog = Catalog(server.data_dir)
-    try:
-        return create_api_key(catalog, server.project, permissions)
-    finally:
-        catalog.close()
+    return create_key(server.data_dir, server.project, permissions)
 
 
 def test_a_read_only_key_subscribes_and_queries_but_may_not_publish_or_create_topics(server):
