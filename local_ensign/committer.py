@@ -112,6 +112,7 @@ class Committer:
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._offsets = {topic_id: stats.events for topic_id, stats in log_.topic_stats().items()}
         self.committed = 0
+        self.conflicts = 0  # commits another process beat to a shared log (then numbered again)
         self.problem: str | None = None
 
     def observe(self, records: list[Record], own: bool) -> None:
@@ -211,6 +212,7 @@ class Committer:
                 error = await self._write(records, positions, list(remarked.values()))
             except StoreConflict:
                 # Another process committed first: take in what it wrote, then number the batch again.
+                self.conflicts += 1
                 for record in records:
                     self._indexes.pop(record.topic_id, None)
                 positions = {}  # stored already: positions go first

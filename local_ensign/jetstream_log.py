@@ -196,6 +196,7 @@ class JetStreamEventLog:
         if len(messages) > MAX_BATCH:
             raise ValueError(f"a commit holds at most {MAX_BATCH} events and marks, got {len(messages)}")
         self._committing = True
+        own: list[Record] | None = None
         try:
             last = await self._nats.call_async(self._publish(messages, self._last_seq), COMMIT_TIMEOUT + 5)
             stored = [
@@ -205,9 +206,11 @@ class JetStreamEventLog:
             assert stored[-1].sequence == last, (stored[-1].sequence, last)
             own = self._take(stored)
         finally:
+            # Whatever the outcome, what the feed fetched meanwhile is taken in now, after our own
+            # records: left held, it would be skipped once a later message moved the last sequence.
             self._committing = False
-        if self._deliver is not None:
-            self._deliver(own, True)
+            if own is not None and self._deliver is not None:
+                self._deliver(own, True)
             self._release_held()
 
     async def _publish(self, messages: list[tuple[str, bytes, bytes | None]], base: int) -> int:

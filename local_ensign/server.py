@@ -307,6 +307,8 @@ async def serve(config: ServerConfig) -> None:
         committing.cancel()  # a commit is never cut in half: it runs without a pause
         await asyncio.gather(committing, stopping, return_exceptions=True)
         log.info("stopped: %d events committed since start", committer.committed)
+        if committer.conflicts:
+            log.info("%d commits were numbered again after another gateway's", committer.conflicts)
         if failure is not None:
             # A bug, never an expected condition: stop rather than take events that cannot be acked.
             log.critical("the committer failed", exc_info=failure)
