@@ -22,13 +22,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .launcher import LocalEnsign
+from .launcher import LocalEnsign, StartsProcesses
 from .nats_launcher import NatsCluster
 
 DEFAULT_NAME = "local-ensign"
 
 
-class LocalCluster:
+class LocalCluster(StartsProcesses):
     """``nodes`` NATS nodes with JetStream and ``gateways`` Ensign servers sharing one log on them."""
 
     def __init__(
@@ -114,13 +114,3 @@ class LocalCluster:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.cleanup()

@@ -57,11 +57,34 @@ def ask_status(
         return ensign_pb2_grpc.EnsignStub(channel).Status(ensign_pb2.HealthCheck(), timeout=timeout)
 
 
+class StartsProcesses:
+    """``with`` support for objects that start processes: ``start()`` on entry, ``cleanup()`` on exit.
+
+    A start that fails part-way is cleaned up too, so no process outlives a failed ``with``.
+    """
+
+    def start(self):
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+
 class LaunchError(RuntimeError):
     """The server did not start; the message holds the end of its log."""
 
 
-class LocalEnsign:
+class LocalEnsign(StartsProcesses):
     """A ``python -m local_ensign serve`` child process and an API key for it."""
 
     def __init__(
@@ -223,12 +246,6 @@ class LocalEnsign:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-    def __enter__(self) -> LocalEnsign:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.cleanup()
 
 
 def end_process(process: subprocess.Popen, signum: int, timeout: float) -> None:

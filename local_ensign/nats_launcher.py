@@ -43,7 +43,7 @@ from typing import Any
 
 import nats
 
-from .launcher import end_process
+from .launcher import StartsProcesses, end_process
 
 HOST = "127.0.0.1"
 CLUSTER_NAME = "local-ensign"
@@ -176,7 +176,7 @@ class NatsNode:
             return "(no log)"
 
 
-class NatsCluster:
+class NatsCluster(StartsProcesses):
     """``nodes`` nats-server processes with JetStream, clustered when more than one."""
 
     def __init__(self, nodes: int = 1, data_dir: str | Path | None = None) -> None:
@@ -290,13 +290,3 @@ class NatsCluster:
             node.finalizer = None
         if process is not None:
             end_process(process, signum, timeout)
-
-    def __enter__(self) -> NatsCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.cleanup()
