@@ -342,8 +342,6 @@ class Committer:
         while True:
             try:
                 await self._log.commit(records, positions, remarked)
-            except StoreConflict:
-                raise
             except StoreBusy as err:
                 if loop.time() < deadline:
                     self._set_problem(str(err))

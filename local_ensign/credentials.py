@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .catalog import ApiKey, Catalog
-from .jetstream_catalog import JetStreamCatalog
-from .nats_connection import NatsConnection
+from .jetstream_catalog import shared_catalog
 from .tokens import PERMISSIONS
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -87,26 +86,13 @@ def create_key(data_dir: Path, project_name: str, permissions: Iterable[str] | N
 
     state = read_state(Path(data_dir)) or {}
     if state.get("store") == "jetstream":
-        return _create_shared_key(state["nats"], state["jetstream_name"], project_name, permissions)
+        with shared_catalog(state["nats"], state["jetstream_name"]) as catalog:
+            return create_api_key(catalog, project_name, permissions)  # type: ignore[arg-type]
     catalog = Catalog(Path(data_dir))
     try:
         return create_api_key(catalog, project_name, permissions)
     finally:
         catalog.close()
-
-
-def _create_shared_key(
-    urls: list[str], name: str, project_name: str, permissions: Iterable[str] | None
-) -> dict[str, str]:
-    connection = NatsConnection(urls, name="local_ensign keys")
-    try:
-        catalog = JetStreamCatalog(connection, name)
-        try:
-            return create_api_key(catalog, project_name, permissions)  # type: ignore[arg-type]
-        finally:
-            catalog.close()
-    finally:
-        connection.close()
 
 
 @functools.cache

@@ -5,7 +5,7 @@ and the subscriptions know nothing else about where events live. Two stores
 implement it:
 
 * ``SQLiteEventLog`` — the durable default. One SQLite file in WAL mode; a batch of
-  events is one transaction, committed before ``append`` returns, so an acked event
+  events is one transaction, committed before ``append`` (and so ``commit``) returns, so an acked event
   survives ``kill -9``; with ``sync="full"`` (the default) each commit is also
   fsynced, so it survives power loss too. A write never waits for another
   process's lock (the event loop must not block): it fails with ``StoreBusy`` and
@@ -94,11 +94,6 @@ class EventLog(Protocol):
     async def commit(
         self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
     ) -> None:
-        """``append``, awaited: how the committer writes (a networked log does not block the loop)."""
-
-    def append(
-        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
-    ) -> None:
         """Store a batch of new records and move consumer groups' positions: all or none, durably.
 
         ``positions`` maps a group's id to the topics whose position moved; storing
@@ -163,12 +158,8 @@ class _LocalLog:
     async def commit(
         self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
     ) -> None:
-        self.append(records, positions, remarked)
-
-    def append(
-        self, records: list[Record], positions: GroupPositions | None = None, remarked: list[Record] = ()
-    ) -> None:
-        raise NotImplementedError
+        """Write at once (``append``, each log's own), before the loop runs anything else."""
+        self.append(records, positions, remarked)  # type: ignore[attr-defined]
 
 
 class SQLiteEventLog(_LocalLog):

@@ -30,6 +30,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -252,6 +253,24 @@ class JetStreamCatalog:
         finally:
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await watcher.stop()
+
+
+@contextlib.contextmanager
+def shared_catalog(urls: list[str], name: str) -> Iterator[JetStreamCatalog]:
+    """The catalog of the gateways named ``name`` on the NATS cluster at ``urls``, for one task.
+
+    For tools that act on a running deployment (``keys create``): connects, opens, and
+    closes both again.
+    """
+    connection = NatsConnection(urls, name="local_ensign tool")
+    try:
+        catalog = JetStreamCatalog(connection, name)
+        try:
+            yield catalog
+        finally:
+            catalog.close()
+    finally:
+        connection.close()
 
 
 def _name_key(project_id: bytes, name: str) -> str:

@@ -120,7 +120,7 @@ class JetStreamEventLog:
         """Read the whole stream once: counts, sizes, marks and where it ends."""
         start = 1
         while True:
-            messages, _ = self._nats.call(
+            messages = self._nats.call(
                 self._nats.get_batch(self.stream, start, f"{self.name}.>", SCAN_MESSAGES, SCAN_BYTES)
             )
             if not messages:
@@ -174,9 +174,6 @@ class JetStreamEventLog:
     def rlids(self) -> RLIDSequence:
         """Where the next commit's RLIDs come from: after the last stored RLID, at the next sequence."""
         return RLIDSequence(self._last_rlid[:6] + (self._last_seq % 2**32).to_bytes(4, "big"))
-
-    def append(self, records: list[Record], positions=None, remarked: list[Record] = ()) -> None:
-        raise NotImplementedError("the JetStream log commits asynchronously: use commit()")
 
     async def commit(self, records: list[Record], positions=None, remarked: list[Record] = ()) -> None:
         """Store a batch of new records and new marks as one atomic batch, after the groups' positions.
@@ -281,7 +278,7 @@ class JetStreamEventLog:
     async def _after(self, base: int, attempts: set[str]) -> str:
         """What is stored right after ``base``: "ours" (one of ``attempts``), "another" batch, or "none"."""
         try:
-            messages, _ = await self._nats.get_batch(self.stream, base + 1, f"{self.name}.>", 1, 1)
+            messages = await self._nats.get_batch(self.stream, base + 1, f"{self.name}.>", 1, 1)
         except StoreError:
             return "none"
         if not messages or messages[0].sequence != base + 1:
@@ -297,7 +294,7 @@ class JetStreamEventLog:
         waited_until = time.monotonic() + STALE_WAIT
         while len(records) < limit and size < max_bytes:
             wanted = min(limit - len(records), SCAN_MESSAGES)
-            messages, _ = self._nats.call(
+            messages = self._nats.call(
                 self._nats.get_batch(
                     self.stream, start, self._subject("events", topic_id), wanted, max_bytes - size
                 )
@@ -398,7 +395,7 @@ class JetStreamEventLog:
     async def catch_up(self) -> None:
         """Take in, and deliver, everything committed since this gateway last looked (after a conflict)."""
         while True:
-            messages, _ = await self._nats.call_async(
+            messages = await self._nats.call_async(
                 self._nats.get_batch(
                     self.stream, self._last_seq + 1, f"{self.name}.>", SCAN_MESSAGES, SCAN_BYTES
                 )
@@ -439,7 +436,7 @@ class JetStreamEventLog:
             while True:
                 wake.clear()
                 try:
-                    messages, _ = await self._nats.get_batch(
+                    messages = await self._nats.get_batch(
                         self.stream, position + 1, f"{self.name}.>", SCAN_MESSAGES, SCAN_BYTES
                     )
                 except Exception as err:  # NATS unreachable for now: the feed keeps trying

@@ -10,8 +10,8 @@ nats-py reconnects to any node of the cluster on its own; while no node answers,
 every call fails with ``StoreError`` after its timeout and says so in one line.
 
 Reading many messages at once uses JetStream's batched direct get: one request, and
-the stream's replicas answer with up to ``batch`` messages, then an end-of-batch
-status that says how far the answering replica's copy goes (``Nats-Last-Sequence``).
+one of the stream's replicas answers with up to ``batch`` messages, then an
+end-of-batch status.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ CALL_TIMEOUT = 10.0  # seconds any one call may take before it fails
 RECONNECT_WAIT = 0.25  # seconds between attempts to reach a node again
 REPLY_TIMEOUT = 2.0  # seconds a direct get waits for each reply (a request sent as a node died is lost)
 END_OF_BATCH = "204"  # the status of a batched direct get's last reply
+NOTHING_FOUND = "404"  # its status when nothing is stored at or after the sequence asked for
 STREAM_EXISTS = 10058  # JetStream's error code for a stream that exists with another configuration
 NO_PLACEMENT = 10005  # JetStream's error code while too few nodes have joined for the replicas asked
 PLACEMENT_WAIT = 30.0  # seconds to wait for a forming cluster to have room for a stream's replicas
@@ -131,11 +132,11 @@ class NatsConnection:
 
     async def get_batch(
         self, stream: str, start: int, subject: str, batch: int, max_bytes: int
-    ) -> tuple[list[StoredMessage], int]:
-        """Up to ``batch`` messages on ``subject`` from sequence ``start`` on, and how far the answer goes.
+    ) -> list[StoredMessage]:
+        """Up to ``batch`` messages on ``subject`` from sequence ``start`` on (at least one if any).
 
-        The second value is the last sequence of the stream as the answering replica
-        holds it: a reader that knows of later messages asks again.
+        Any replica may answer, and one that lags returns less: a reader that knows of
+        later messages asks again.
         """
         request = {"seq": start, "next_by_subj": subject, "batch": batch, "max_bytes": max_bytes}
         inbox = self.nc.new_inbox()
@@ -147,10 +148,8 @@ class NatsConnection:
                 reply = await replies.next_msg(timeout=REPLY_TIMEOUT)
                 headers = reply.headers or {}
                 status = headers.get("Status")
-                if status == END_OF_BATCH:
-                    return messages, int(headers.get("Nats-Last-Sequence", 0))
-                if status == "404":  # nothing at or after ``start``
-                    return messages, 0
+                if status in (END_OF_BATCH, NOTHING_FOUND):
+                    return messages
                 if status is not None:
                     raise StoreError(f"NATS at {self.where()}: direct get failed ({status} {headers})")
                 messages.append(

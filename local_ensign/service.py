@@ -35,7 +35,6 @@ from .committer import Committer, PendingEvent, PendingReply
 from .eventlog import EventLog, Record
 from .groups import GroupRegistry, Member, group_key
 from .ids import ZERO_RLID, parse_ulid, ulid_to_str
-from .jetstream_log import HEADROOM as HEADER_ROOM
 from .storage import StoreError
 from .subscriptions import SubscriptionRegistry
 from .tokens import Claims, InvalidToken, TokenIssuer
@@ -676,15 +675,16 @@ def _query_result(query: ensql.Query, target: ensql.TopicTarget, wrapper: bytes)
 def event_problem(event: bytes, store_limit: int | None = None):
     """Why this ``Event`` cannot be stored or received, as ``(nack code, message)``, or None.
 
-    ``store_limit`` is the largest record the event log takes (NATS's ``max_payload``, less
-    room for headers, for the JetStream store); the stored wrapper adds the publisher's
-    details and the ids to the event.
+    ``store_limit`` is the largest record the event log takes (for the JetStream store,
+    the cluster's ``max_payload`` less room for headers); the stored wrapper adds the
+    publisher's details and the ids to the event.
     """
     if store_limit is not None and len(event) > store_limit - wire.DELIVERY_OVERHEAD:
         return (
             NackCode.MAX_EVENT_SIZE_EXCEEDED,
-            f"event is {len(event):,} bytes; the NATS cluster holding this server's events takes messages"
-            f" of at most {store_limit + HEADER_ROOM:,} bytes (its max_payload setting)",
+            f"event is {len(event):,} bytes; this server's event log takes events of at most"
+            f" {store_limit - wire.DELIVERY_OVERHEAD:,} bytes (a NATS cluster's max_payload, less room"
+            " for headers and ids)",
         )
     if len(event) > MAX_EVENT_SIZE:
         return (

@@ -54,8 +54,11 @@ class StoreBusy(StoreError):
     """Another process holds the file's write lock: the same call may work a moment later."""
 
 
-class StoreConflict(StoreError):
-    """Another process committed to a shared log first: take in what it wrote, then build the batch again."""
+class StoreConflict(Exception):
+    """Another process committed to a shared log first: take in what it wrote, then build the batch again.
+
+    Not a StoreError: nothing is wrong with the store, and nothing is nacked.
+    """
 
 
 def explain(path: Path, err: sqlite3.Error | OSError) -> tuple[str, str]:

@@ -22,9 +22,8 @@ from helpers.streams import json_event
 from local_ensign.auth_http import MAX_BODY, READ_TIMEOUT
 from local_ensign.credentials import write_key_file
 from local_ensign.ids import new_ulid, parse_ulid
-from local_ensign.jetstream_catalog import JetStreamCatalog
+from local_ensign.jetstream_catalog import shared_catalog
 from local_ensign.launcher import LaunchError, LocalEnsign
-from local_ensign.nats_connection import NatsConnection
 from local_ensign.server import read_state
 from local_ensign.tokens import ALGORITHM, SigningKeyError, TokenIssuer, load_signing_key
 from tests.conftest import AckCounter, run
@@ -284,15 +283,8 @@ def signing_key_of(server) -> bytes:
     if server.store != "jetstream":
         return bytes.fromhex((server.data_dir / "signing.key").read_text())
     state = read_state(server.data_dir)
-    connection = NatsConnection(state["nats"])
-    try:
-        catalog = JetStreamCatalog(connection, state["jetstream_name"])
-        try:
-            return catalog.signing_key()
-        finally:
-            catalog.close()
-    finally:
-        connection.close()
+    with shared_catalog(state["nats"], state["jetstream_name"]) as catalog:
+        return catalog.signing_key()
 
 
 def test_a_token_forged_with_the_empty_key_is_rejected(server):
