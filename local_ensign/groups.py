@@ -98,6 +98,9 @@ class Member:
         self.wake = asyncio.Event()
         self.closed = False
 
+    async def open(self) -> None:
+        """Nothing to prepare: the group is this process's own."""
+
     async def next_batch(self) -> list[bytes]:
         """Wait for events to send this member (serialized wrappers); [] once it has left."""
         group = self.group

@@ -3,7 +3,7 @@
 One stream, ``<name>-events``, holds every topic's events (subject
 ``<name>.events.<topic id in hex>``, the stored ``EventWrapper`` as the message) and
 the duplicate marks set on events after they were stored (``<name>.marks.<topic>``).
-Consumer groups' positions live in the key-value bucket ``<name>-positions``. So a
+Consumer groups are durable consumers on the stream (``shared_groups``). So a
 gateway (a ``local_ensign serve --store jetstream`` process) keeps nothing of its own:
 any number of them, on any machines, serve the same log.
 
@@ -44,7 +44,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.js.api import RePublish, StorageType, StreamConfig
-from nats.js.errors import NoKeysError, NotFoundError
 
 from . import dedup
 from .eventlog import Record, TopicStats
@@ -103,7 +102,7 @@ class JetStreamEventLog:
     # Setting up --------------------------------------------------------------------
 
     async def _create(self) -> None:
-        """Create the stream and the positions bucket unless they exist; explain what stops it."""
+        """Create the stream unless it exists; explain what stops it."""
         config = StreamConfig(
             name=self.stream,
             subjects=[f"{self.name}.events.*", f"{self.name}.marks.*"],
@@ -114,7 +113,6 @@ class JetStreamEventLog:
             republish=RePublish(src=f"{self.name}.>", dest=f"{self.name}-committed.>", headers_only=True),
         )
         await self._nats.create(self._nats.js.add_stream, config)
-        self._positions = await self._nats.bucket(f"{self.name}-positions", self._replicas)
 
     def _scan(self) -> None:
         """Read the whole stream once: counts, sizes, marks and where it ends."""
@@ -132,6 +130,20 @@ class JetStreamEventLog:
 
     def _subject(self, kind: str, topic_id: bytes) -> str:
         return f"{self.name}.{kind}.{topic_id.hex()}"
+
+    @property
+    def nats(self) -> NatsConnection:
+        """The connection to the cluster (consumer groups pull through it too)."""
+        return self._nats
+
+    def events_subject(self, topic_id: bytes) -> str:
+        """The subject a topic's events are stored on."""
+        return self._subject("events", topic_id)
+
+    def record_of(self, subject: str, headers: dict[str, str], data: bytes) -> Record:
+        """The record a stored event message holds (as a consumer delivers it), with its current mark."""
+        topic_id = bytes.fromhex(subject.rsplit(".", 1)[1])
+        return self._record(topic_id, StoredMessage(0, subject, headers, data))
 
     def _take(self, messages: list[StoredMessage]) -> list[Record]:
         """Account for stored messages (in order): their events as records, their marks noted."""
@@ -176,14 +188,13 @@ class JetStreamEventLog:
         return RLIDSequence(self._last_rlid[:6] + (self._last_seq % 2**32).to_bytes(4, "big"))
 
     async def commit(self, records: list[Record], positions=None, remarked: list[Record] = ()) -> None:
-        """Store a batch of new records and new marks as one atomic batch, after the groups' positions.
+        """Store a batch of new records and new marks as one atomic batch.
 
-        Positions go first: if they cannot be stored nothing else is, and if the batch
-        then fails, positions that moved early only mean that acked events stay acked.
         Raises StoreConflict if another gateway committed since this one last looked.
+        ``positions`` must be empty: groups here keep theirs in their consumers.
         """
         if positions:
-            await self._nats.call_async(self._save_positions(positions))
+            raise ValueError("groups on a JetStream log keep their positions in their consumers")
         if not records and not remarked:
             return
         messages = [(self._subject("events", r.topic_id), r.wrapper, r.duplicate_of) for r in records]
@@ -328,34 +339,11 @@ class JetStreamEventLog:
         }
 
     def group_positions(self, group_id: bytes) -> dict[bytes, bytes]:
-        return self._nats.call(self._load_positions(group_id))
-
-    async def _load_positions(self, group_id: bytes) -> dict[bytes, bytes]:
-        try:
-            keys = await self._positions.keys(filters=[f"{group_id.hex()}.*"])
-        except NoKeysError:
-            return {}
-        positions = {}
-        for key in keys:
-            try:
-                entry = await self._positions.get(key)
-            except NotFoundError:
-                continue
-            if entry.value:
-                positions[bytes.fromhex(key.rsplit(".", 1)[1])] = entry.value
-        return positions
+        """None: a group on a shared log keeps its place in its JetStream consumer (``shared_groups``)."""
+        return {}
 
     def save_group_positions(self, group_id: bytes, positions: dict[bytes, bytes]) -> None:
-        self._nats.call(self._save_positions({group_id: positions}))
-
-    async def _save_positions(self, positions: dict[bytes, dict[bytes, bytes]]) -> None:
-        await asyncio.gather(
-            *(
-                self._positions.put(f"{group_id.hex()}.{topic_id.hex()}", rlid)
-                for group_id, moved in positions.items()
-                for topic_id, rlid in moved.items()
-            )
-        )
+        raise ValueError("groups on a JetStream log keep their positions in their consumers")
 
     def destroy_topic(self, topic_id: bytes) -> None:
         self._nats.call(self._destroy(topic_id), COMMIT_TIMEOUT)
@@ -365,12 +353,6 @@ class JetStreamEventLog:
     async def _destroy(self, topic_id: bytes) -> None:
         for kind in ("events", "marks"):
             await self._nats.js.purge_stream(self.stream, subject=self._subject(kind, topic_id))
-        try:
-            keys = await self._positions.keys(filters=[f"*.{topic_id.hex()}"])
-        except NoKeysError:
-            return
-        for key in keys:
-            await self._positions.purge(key)
 
     def probe(self) -> None:
         self._nats.call(self._nats.js.stream_info(self.stream))

@@ -42,6 +42,7 @@ from .jetstream_catalog import JetStreamCatalog
 from .jetstream_log import JetStreamEventLog
 from .nats_connection import NatsConnection
 from .service import EnsignService, method_handlers
+from .shared_groups import SharedGroupRegistry
 from .storage import PRIVATE_FILE, StoreError, explain, make_private_dir
 from .subscriptions import SubscriptionRegistry
 from .tokens import ACCESS_TTL, SigningKeyError, TokenIssuer, load_signing_key
@@ -250,7 +251,10 @@ async def serve(config: ServerConfig) -> None:
         committer = Committer(event_log, registry, policies)
         if event_log.shared:
             event_log.follow(committer.observe)
-        groups = GroupRegistry(event_log, registry, committer.save_positions, config.groups)
+        if event_log.shared:  # members may connect to any gateway: the group lives in the cluster
+            groups = SharedGroupRegistry(event_log, config.groups)
+        else:
+            groups = GroupRegistry(event_log, registry, committer.save_positions, config.groups)
         service = EnsignService(
             catalog, event_log, committer, registry, groups, issuer, server_id=f"local-{os.getpid()}"
         )

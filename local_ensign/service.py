@@ -35,6 +35,7 @@ from .committer import Committer, PendingEvent, PendingReply
 from .eventlog import EventLog, Record
 from .groups import GroupRegistry, Member, group_key
 from .ids import ZERO_RLID, parse_ulid, ulid_to_str
+from .shared_groups import GroupConflict
 from .storage import StoreError
 from .subscriptions import SubscriptionRegistry
 from .tokens import Claims, InvalidToken, TokenIssuer
@@ -362,13 +363,22 @@ class EnsignService:
                 f"consumer group {group.name!r} is already reading other topics or another query;"
                 " every member of a group subscribes to the same topics with the same query",
             )
-        return group.join(
+        member = group.join(
             shape[0],
             query_text,
             filter_,
             at_most_once=request.delivery == groups_pb2.DeliverySemantic.AT_MOST_ONCE,
             timeout=timeout or self.groups.settings.delivery_timeout,
         )
+        try:
+            await member.open()
+        except GroupConflict as err:  # the group reads something else, as other gateways' members say
+            group.leave(member)
+            await context.abort(Code.FAILED_PRECONDITION, str(err))
+        except StoreError as err:
+            group.leave(member)
+            await context.abort(Code.UNAVAILABLE, f"cannot join consumer group {group.name!r}: {err}")
+        return member
 
     async def _subscription_filter(
         self, claims: Claims, request: query_pb2.Query, topics: list[Topic], context

@@ -1,11 +1,12 @@
 """A scaled-out deployment under faults: 3 NATS nodes (replicas=3) and 2 gateways, real pyensign clients.
 
 20,000 events are published through gateway A while a subscriber on gateway B reads
-them. Mid-stream one NATS node is killed with SIGKILL (the stream's leader, the
-hardest one to lose) and later started again; then gateway A itself is killed and
-started again. pyensign's own reconnects are all the clients get. Afterwards an EnSQL
-query through gateway B must find every acked event exactly once, and the subscriber
-must have seen every one of them.
+them and a consumer group with one member on each gateway shares them. Mid-stream the
+stream's leader node (the hardest one to lose) is killed with SIGKILL and later started
+again; then gateway A itself is killed and started again. pyensign's own reconnects are
+all the clients get. Afterwards an EnSQL query through gateway B must find every acked
+event exactly once, B's subscriber must have seen every one, and the group's two
+members together must have processed every one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 
 import nats
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup
 from pyensign.ensign import Ensign
 
 from helpers.streams import close_client, json_event, query_events
@@ -24,6 +27,7 @@ from tests.conftest import run
 
 EVENTS = 20_000
 TOPIC = "faults"
+GROUP = ConsumerGroup(name="scorers", delivery_timeout=Duration(seconds=2))
 
 
 @pytest.fixture
@@ -53,6 +57,7 @@ def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_o
     nacks: list = []
     seen_by_b: list[int] = []
     log: list[str] = []
+    processed_by: tuple[list[int], list[int]] = ([], [])  # the group's member on gateway A, on gateway B
 
     async def body() -> list[int]:
         publisher = Ensign(**cluster.client_kwargs(gateway=0))
@@ -81,6 +86,13 @@ def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_o
             await asyncio.to_thread(cluster.restart_gateway, 0)
             log.append(f"gateway restarted after {len(acks)} acks")
 
+        async def member(client: Ensign, processed: list[int]) -> None:
+            async for event in client.subscribe(TOPIC, consumer_group=GROUP):
+                processed.append(json.loads(event.data)["n"])
+                await event.ack()
+
+        members = [Ensign(**cluster.client_kwargs(gateway=g)) for g in (0, 1)]
+        member_tasks = [asyncio.create_task(member(c, p)) for c, p in zip(members, processed_by, strict=True)]
         subscriber = asyncio.create_task(subscribe())
         faults = asyncio.create_task(inflict_faults())
         await asyncio.sleep(1.0)
@@ -92,15 +104,20 @@ def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_o
                 await _until(lambda n=n: n - len(acks) - len(nacks) <= 500, limit=5.0)
         await faults
         await _until_quiet(lambda: (len(acks), len(seen_by_b)))
+        acked_now = {n for n, event in published if event.acked()}
+        # Events the member on gateway A held when A died come back once the group's delivery timeout passes.
+        await _until(lambda: acked_now <= set(processed_by[0]) | set(processed_by[1]))
         stored = await query_events(reader, f"SELECT * FROM {TOPIC}")
-        subscriber.cancel()
-        await close_client(publisher)
-        await close_client(reader)
+        for task in (subscriber, *member_tasks):
+            task.cancel()
+        for client in (publisher, reader, *members):
+            await close_client(client)
         return [json.loads(event.data)["n"] for event in stored]
 
     found = run(body(), timeout=300)
     acked = {n for n, event in published if event.acked()}
-    print("; ".join(log), f"; {len(acked)} acked, {len(found)} stored, {len(seen_by_b)} seen by B")  # with -s
+    shares = f"{len(processed_by[0])} + {len(processed_by[1])} processed by the group's members"
+    print("; ".join(log), f"; {len(acked)} acked, {len(found)} stored, {len(seen_by_b)} seen by B; {shares}")
     assert len(acked) > EVENTS * 0.8, f"only {len(acked)} of {EVENTS} events were acked"
     counts: dict[int, int] = {}
     for n in found:
@@ -109,6 +126,10 @@ def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_o
     assert not missing, f"{len(missing)} acked events are not in the log, e.g. {missing[:10]}"
     twice = sorted(n for n, count in counts.items() if count > 1)
     assert not twice, f"{len(twice)} events are in the log more than once, e.g. {twice[:10]}"
+    processed = set(processed_by[0]) | set(processed_by[1])
+    unprocessed = sorted(acked - processed)
+    assert not unprocessed, f"the group's members never processed {len(unprocessed)} acked events"
+    assert processed_by[0] and processed_by[1], "one member of the group got no events"
     unseen = sorted(acked - set(seen_by_b))
     assert not unseen, f"the subscriber on gateway B missed {len(unseen)} acked events, e.g. {unseen[:10]}"
 

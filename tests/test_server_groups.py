@@ -59,7 +59,13 @@ async def read_group(
     return received
 
 
-def test_a_group_resumes_after_its_last_ack_and_a_new_group_starts_at_the_earliest_event(new_client):
+def redelivery_order(store: str, events: list[Event]) -> list:
+    """Redelivered events' ids in the order to compare: JetStream redelivers in no set order (README)."""
+    ids = [e.id for e in events]
+    return sorted(ids) if store == "jetstream" else ids
+
+
+def test_a_group_resumes_after_its_last_ack_and_a_new_group_starts_at_the_earliest_event(new_client, store):
     async def body():
         publisher = new_client()
         await publisher.ensure_topic_exists("resume")
@@ -86,9 +92,10 @@ def test_a_group_resumes_after_its_last_ack_and_a_new_group_starts_at_the_earlie
 
     got, again, everything = run(body())
     assert [seq(e) for e in got] == list(range(1, 1001))
-    assert [seq(e) for e in again] == list(range(601, 1001))
+    assert sorted(seq(e) for e in again) == list(range(601, 1001))
+    assert store == "jetstream" or [seq(e) for e in again] == list(range(601, 1001))
     assert [seq(e) for e in everything] == list(range(1, 1001))
-    assert [e.id for e in again] == [e.id for e in got[600:]]
+    assert redelivery_order(store, again) == redelivery_order(store, got[600:])
 
 
 def test_two_members_share_10000_events_each_delivered_once(new_client):
@@ -201,7 +208,7 @@ def test_events_left_unacked_go_to_the_next_member_and_not_me_prefers_another(ne
     assert [seq(e) for e in nacked] == [20] and [e.id for e in taken] == [nacked[0].id]
 
 
-def test_an_event_not_acked_in_time_goes_to_another_member(new_client):
+def test_an_event_not_acked_in_time_goes_to_another_member(new_client, store):
     timeout = Duration(seconds=1)
 
     async def body():
@@ -218,7 +225,7 @@ def test_an_event_not_acked_in_time_goes_to_another_member(new_client):
         return held, taken
 
     held, taken = run(body())
-    assert [e.id for e in taken] == [e.id for e in held]
+    assert redelivery_order(store, taken) == redelivery_order(store, held)
 
 
 def test_at_most_once_advances_on_send_and_exactly_once_is_refused(new_client):
