@@ -90,17 +90,33 @@ async def open_publisher(ensign: Ensign, topic: str, timeout: float) -> dict[byt
 
 async def measure_publish(server: LocalEnsign, topic: str, count: int, timeout: float) -> dict[str, float]:
     """Publish ``count`` events with a new client: events/s to the last ack, and server CPU µs per event."""
-    ensign = Ensign(**server.client_kwargs())
+    assert server.process is not None
+    pid = server.process.pid
+    rate, (cpu_us,) = await timed_publish(
+        server.client_kwargs(), topic, count, timeout, lambda: [cpu_seconds(pid)]
+    )
+    return {PUBLISH: rate, PUBLISH_CPU: cpu_us}
+
+
+async def timed_publish(
+    client_kwargs: dict, topic: str, count: int, timeout: float, cpu: Callable[[], list[float]]
+) -> tuple[float, list[float]]:
+    """Publish ``count`` events with a new client: events/s to the last ack, and CPU µs per event.
+
+    ``cpu()`` reads the CPU seconds of each process that serves the events (one server,
+    or a gateway and its NATS nodes); the CPU cost is given per process, in that order.
+    """
+    ensign = Ensign(**client_kwargs)
     try:
         acked_at = await open_publisher(ensign, topic, timeout)
-        events, pid = numbered_events(count), server.process.pid
-        cpu, start = cpu_seconds(pid), time.perf_counter()
+        events = numbered_events(count)
+        before, start = cpu(), time.perf_counter()
         report = await publish_records(ensign, topic, events, timeout=timeout)
-        cpu_us = (cpu_seconds(pid) - cpu) / count * 1e6
+        cpu_us = [(after - used) / count * 1e6 for used, after in zip(before, cpu(), strict=True)]
     finally:
         await close_client(ensign)
     check_acked(report, count, "publishing")
-    return {PUBLISH: count / (max(acked_at[event.id] for event in events) - start), PUBLISH_CPU: cpu_us}
+    return count / (max(acked_at[event.id] for event in events) - start), cpu_us
 
 
 @dataclass(frozen=True)

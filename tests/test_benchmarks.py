@@ -34,9 +34,10 @@ def assert_row(output: str, label: str, numbers: int, verdict: bool = False) -> 
 def test_server_throughput_prints_every_figure_per_store_and_each_ratio_with_its_verdict():
     output = run_benchmark(
         "server_throughput.py", "--events", "300", "--repeats", "1", "--latency-events", "50"
-    )
+    )  # every store: durable and in-memory, then jetstream-1 and jetstream-3
     for label in ("publish with acks, events/s", "live tail with acks, events/s"):
         assert_row(output, label, 3, verdict=True)  # durable, in-memory, their ratio
+        assert_row(output, label, 2)  # jetstream-1, jetstream-3
     for label in (
         "live tail without acks, events/s",
         "grouped with acks, events/s",
@@ -48,8 +49,25 @@ def test_server_throughput_prints_every_figure_per_store_and_each_ratio_with_its
         "grouped with acks: server CPU, µs/event",
     ):
         assert_row(output, label, 3)
+        assert_row(output, label, 2)
     assert_row(output, "grouped / live tail, both with acks", 2, verdict=True)
     assert_row(output, "query / live tail without acks", 2, verdict=True)
+    for label in (
+        "live tail with acks: gateway CPU, µs/event",  # JetStream's server CPU, apart
+        "live tail with acks: busiest node, µs/event",
+        "publish with acks",  # JetStream / durable, no target
+        "live tail with acks",
+        "grouped / live tail, both with acks",  # within each JetStream store, no target
+        "query / live tail without acks",
+        "measured: publish with acks, events/s",  # the capacity on paper
+        "one gateway's CPU at one core, events/s",
+    ):
+        assert_row(output, label, 2)
+    assert "gateway process + all its nats-server processes" in output
+    assert "capacity on paper for 10,000 events/s" in output
+    for label in ("gateway processes needed", "machines for the gateways"):
+        assert re.search(rf"^{label} +[0-9]+ +[0-9]+$", output, re.M), f"no {label!r} in:\n{output}"
+    assert re.search(r"^NATS nodes needed, one machine each +(1|—) +(3|—)", output, re.M), output
 
 
 def test_streaming_overhead_prints_river_subscribe_and_app_rates_and_their_ratio():
