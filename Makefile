@@ -22,7 +22,7 @@ DEFAULT_DATA_DIR = $(BIN)/python -c 'from local_ensign.discovery import default_
 SERVER_WAIT := 30
 
 .DEFAULT_GOAL := help
-.PHONY: help install data server cluster test lint unit notebooks demo demo-drift lab bench clean
+.PHONY: help install data server cluster test lint unit notebooks demo demo-cluster demo-drift lab bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]*:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ cluster: $(STAMP) ## Run 3 NATS nodes and 2 Ensign gateways sharing one log, in 
 
 demo: data ## Run the streaming sentiment app on the local server, restart its trainer mid-stream, summarise
 	$(BIN)/python -m helpers.sentiment_app demo
+
+demo-cluster: data ## Run the app on 3 NATS nodes and 2 gateways, kill a node midway, check each review stored and scored once
+	$(BIN)/python -m helpers.scaled_app
 
 demo-drift: data ## Run lesson 07's drift comparison (frozen, learning, reset on drift) and write drift.png
 	$(BIN)/python -m helpers.drift

@@ -22,8 +22,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import nats
+
+from .jetstream_log import events_stream
 from .launcher import LocalEnsign, StartsProcesses
-from .nats_launcher import NatsCluster
+from .nats_launcher import NatsCluster, run_coroutine
 
 DEFAULT_NAME = "local-ensign"
 
@@ -94,6 +97,19 @@ class LocalCluster(StartsProcesses):
     def restart_gateway(self, gateway: int) -> None:
         """Start a stopped or killed gateway again, on its ports."""
         self.gateways[gateway].start()
+
+    def stream_leader(self) -> int:
+        """The index of the NATS node leading the events stream: the one whose loss a fault test wants."""
+
+        async def ask() -> str:
+            nc = await nats.connect(self.nats.urls)
+            try:
+                return (await nc.jetstream().stream_info(events_stream(self.name))).cluster.leader
+            finally:
+                await nc.close()
+
+        leader = run_coroutine(ask())
+        return [node.name for node in self.nats.nodes].index(leader)
 
     def kill_node(self, node: int) -> None:
         """Kill one NATS node with SIGKILL (its store is kept)."""

@@ -83,7 +83,7 @@ class JetStreamEventLog:
     def __init__(self, connection: NatsConnection, name: str = "local-ensign", replicas: int = 1) -> None:
         self._nats = connection
         self.name = name
-        self.stream = f"{name}-events"
+        self.stream = events_stream(name)
         self._replicas = replicas
         self.record_limit = connection.max_payload - HEADROOM  # the largest stored event
         connection.call(self._create())
@@ -440,6 +440,11 @@ class JetStreamEventLog:
         finally:
             with contextlib.suppress(Exception):  # the connection may be closed already
                 await notices.unsubscribe()
+
+
+def events_stream(name: str) -> str:
+    """The JetStream stream holding the events of the gateways named ``name``."""
+    return f"{name}-events"
 
 
 def _headers(mark: bytes | None) -> dict[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import nats
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup
@@ -22,7 +21,6 @@ from pyensign.ensign import Ensign
 
 from helpers.streams import close_client, json_event, query_events
 from local_ensign.cluster import LocalCluster
-from local_ensign.nats_launcher import run_coroutine
 from tests.conftest import run
 
 EVENTS = 20_000
@@ -34,21 +32,6 @@ GROUP = ConsumerGroup(name="scorers", delivery_timeout=Duration(seconds=2))
 def cluster(tmp_path):
     with LocalCluster(nodes=3, gateways=2, data_dir=tmp_path, project="faults") as running:
         yield running
-
-
-def stream_leader(cluster: LocalCluster) -> int:
-    """The index of the NATS node leading the events stream."""
-
-    async def ask() -> str:
-        nc = await nats.connect(cluster.nats.urls)
-        try:
-            info = await nc.jetstream().stream_info(f"{cluster.name}-events")
-            return info.cluster.leader
-        finally:
-            await nc.close()
-
-    leader = run_coroutine(ask())
-    return [node.name for node in cluster.nats.nodes].index(leader)
 
 
 def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_once(cluster):
@@ -77,7 +60,7 @@ def test_every_acked_event_survives_a_killed_node_and_a_killed_gateway_exactly_o
 
         async def inflict_faults() -> None:
             """Kill the stream leader at 4,000 acks, start it at 8,000; kill, restart gateway A at 12,000."""
-            leader = await asyncio.to_thread(stream_leader, cluster)
+            leader = await asyncio.to_thread(cluster.stream_leader)
             for at, fault in ((4_000, "kill node"), (8_000, "start node"), (12_000, "kill gateway")):
                 await _until(lambda at=at: len(acks) >= at)
                 await asyncio.to_thread(_inflict, cluster, fault, leader)
