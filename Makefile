@@ -2,20 +2,30 @@
 # Each target is idempotent: run it again and it only does what is missing.
 
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# pyproject.toml's requires-python decides the supported versions; this checks PYTHON against it and
-# runs on any python3, so an older one is refused with this message rather than a traceback.
+# pyproject.toml's requires-python decides the supported versions; this checks an interpreter against
+# it and runs on any python3, so an unsupported one is refused with this message, not a traceback.
 CHECK_PYTHON := import operator as o, re, sys; \
 	spec = re.search(r"^requires-python *= *\"([^\"]*)\"", open("pyproject.toml").read(), re.M)[1]; \
 	ops = {">=": o.ge, "<=": o.le, "==": o.eq, "!=": o.ne, ">": o.gt, "<": o.lt}; \
-	ok = all(ops[op](sys.version_info[:2], tuple(map(int, v.split(".")))) \
-		for op, v in re.findall(r"(>=|<=|==|!=|>|<) *([0-9.]+)", spec)); \
+	bounds = re.findall(r"(>=|<=|==|!=|>|<) *([0-9.]+)", spec); \
+	ok = lambda v: all(ops[op](v, tuple(map(int, b.split(".")))) for op, b in bounds); \
+	names = " or ".join(f"3.{m}" for m in range(40) if ok((3, m))); \
 	found = ".".join(map(str, sys.version_info[:2])); \
-	sys.exit(0 if ok else f"Python {spec} is required, not {found} (pyensign 0.12.1b0 pins grpcio 1.59.0):" \
-		" set PYTHON=/path/to/python3.11")
+	sys.exit(0 if ok(sys.version_info[:2]) else f"Python {names} is required, not {found}: the lessons are" \
+		" tested on those, and pyensign 0.12.1b0 pins grpcio 1.59.0, which has no wheels for newer Pythons." \
+		f" Install Python {names}, or set PYTHON=/path/to/python{names.split()[-1]}")
+# Interpreters are tried by running them: pyenv puts a python3.12 shim on the PATH that fails unless
+# that version is selected, so the versions pyenv installed are tried by their full path too.
+PYENV_PYTHONS := $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.*/bin/python3)
+# The first of $(1) that runs and is a supported version, as a path (empty if none).
+find_python = $(firstword $(foreach p,$(1),$(shell $(p) -c '$(CHECK_PYTHON)' >/dev/null 2>&1 && command -v $(p))))
+ifndef PYTHON
+# Python 3.11 first (the version the lessons' outputs were recorded with), then 3.12, then any.
+PYTHON := $(or $(call find_python,python3.11 python3.12 $(PYENV_PYTHONS) python3),python3)
+endif
 # Prints the local server's data directory as local_ensign decides it ($LOCAL_ENSIGN_DATA_DIR, else its own).
 DEFAULT_DATA_DIR = $(BIN)/python -c 'from local_ensign.discovery import default_data_dir; print(default_data_dir())'
 # Seconds make lab waits for the server it starts to answer.
@@ -37,6 +47,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv with the pinned packages (re-run when requirements change)
 
+python-path: ## Print the interpreter make uses (VERSION=3.12: a working Python 3.12, or nothing)
+	@echo $(if $(VERSION),$(call find_python,python$(VERSION) $(foreach p,$(PYENV_PYTHONS),$(if $(findstring /versions/$(VERSION).,$(p)),$(p)))),$(PYTHON))
+
 data: $(STAMP) ## Fetch the human-rated corpora into data/ and verify their checksums
 	$(BIN)/python data/fetch.py
 
@@ -57,7 +70,7 @@ demo-drift: data ## Run lesson 07's drift comparison (frozen, learning, reset on
 
 lab: data ## Open JupyterLab on notebooks/ with the project's kernel and the local server running
 	$(BIN)/python -m ipykernel install --user --name think-beyond-the-batch \
-		--display-name "Python 3.11 (Think Beyond the Batch)" >/dev/null
+		--display-name "Python $$($(BIN)/python -c 'import sys; print(*sys.version_info[:2], sep=".")') (Think Beyond the Batch)" >/dev/null
 	@if running=$$($(BIN)/python -m local_ensign status --timeout 2 2>/dev/null); then \
 		echo "Using the local Ensign server already running: $$running"; \
 	else \
