@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRES = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
 
@@ -65,3 +67,36 @@ def test_make_finds_a_supported_interpreter_by_running_it(tmp_path):
     ).stdout.strip()
     assert found != str(shim)
     assert not found or re.search(r"3\.12", found)
+
+
+def test_with_no_working_python_3_11_make_takes_python_3_12(tmp_path):
+    """As on Ubuntu 24.04: python3.11 missing (here: a name that fails), a python3.12 that runs."""
+    real = subprocess.run(
+        ["make", "-s", "--no-print-directory", "python-path", "VERSION=3.12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    if not real:
+        pytest.skip("no Python 3.12 on this machine")
+    for name, target in (("python3.11", None), ("python3.12", real)):
+        path = tmp_path / name
+        if target is None:
+            path.write_text("#!/bin/sh\nexit 127\n")
+            path.chmod(0o755)
+        else:
+            path.symlink_to(target)
+    env = {"PATH": f"{tmp_path}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    chosen = subprocess.run(
+        ["make", "-s", "--no-print-directory", "python-path"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    version = subprocess.run(
+        [chosen, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    )
+    assert version.stdout.strip() in ("(3, 12)", "(3, 11)"), chosen
+    assert chosen != str(tmp_path / "python3.11")
