@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ from pyensign.api.v1beta1 import topic_pb2
 from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup
 from pyensign.ensign import Ensign
 from pyensign.events import Event
+from pyensign.exceptions import NackError
 
 from helpers import snapshots
 from helpers.data import load_records, shuffled
@@ -50,6 +52,7 @@ from helpers.streams import Subscription, close_client, consume, json_event, pub
 REVIEWS, MODELS, SCORES = "reviews", "models", "scores"
 SCORERS = ConsumerGroup(name="scorers")
 SNAPSHOT_EVERY = 1_000  # reviews between two published models
+SCORE_TRIES = 5  # publishes of one score before its review is left to the group's redelivery
 IDLE = 30.0  # seconds a service waits for its next event before it decides the stream is over
 
 
@@ -103,10 +106,17 @@ async def score(ensign: Ensign, report: ScorerReport, ready: asyncio.Event) -> N
     scorer = Scorer()
     pending: set[asyncio.Task] = set()
 
-    async def settle(score_event: Event, review: Event) -> None:
-        await score_event.wait_for_ack()  # the review is acked only once its score is stored
-        if score_event.acked():
-            await review.ack()
+    async def settle(body: dict[str, Any], review: Event) -> None:
+        """Store the score, publishing it again if nacked; then ack the review, never before."""
+        for _ in range(SCORE_TRIES):
+            score_event = json_event(body)
+            await ensign.publish(SCORES, score_event)
+            with contextlib.suppress(NackError):  # nacked: nothing was stored, so publish it again
+                await score_event.wait_for_ack()
+            if score_event.acked():
+                await review.ack()
+                return
+            await asyncio.sleep(1.0)
 
     async def handle(review: Event) -> None:
         record = json.loads(review.data)
@@ -117,9 +127,7 @@ async def score(ensign: Ensign, report: ScorerReport, ready: asyncio.Event) -> N
             "label": target(record),
             "version": scorer.version,
         }
-        score_event = json_event(body)
-        await ensign.publish(SCORES, score_event)
-        task = asyncio.create_task(settle(score_event, review))
+        task = asyncio.create_task(settle(body, review))
         pending.add(task)
         task.add_done_callback(pending.discard)
         report.scored += 1

@@ -118,13 +118,15 @@ class Committer:
     def observe(self, records: list[Record], own: bool) -> None:
         """A shared log's commits, in its order: hand them to subscribers; learn of other processes'.
 
-        Another process's events move the topics' offsets, and the deduplication index
-        of each topic they touch is rebuilt from the log when it is next needed.
+        Another process's events move the topics' offsets, and each goes into its topic's
+        deduplication index as it went into the writer's (same policy, same order, so the
+        same outcome; the marks the writer set are in the log already).
         """
         if not own:
             for record in records:
                 self._offsets[record.topic_id] = self._offsets.get(record.topic_id, 0) + 1
-                self._indexes.pop(record.topic_id, None)
+                if (index := self._indexes.get(record.topic_id)) is not None:
+                    index.add(record.rlid, dedup.event_bytes(record))
         self._registry.publish(records)
 
     def offset(self, topic_id: bytes) -> int:

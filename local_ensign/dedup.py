@@ -196,7 +196,7 @@ async def rehash(
     marks: dict[bytes, bytes] = {}  # RLID -> the original it duplicates
     async for batch in _scan(log, topic_id):
         for record in batch:
-            duplicate_of, replaced = index.add(record.rlid, _event_bytes(record))
+            duplicate_of, replaced = index.add(record.rlid, event_bytes(record))
             if duplicate_of is not None:
                 marks[record.rlid] = duplicate_of
             if replaced is not None:
@@ -219,5 +219,5 @@ async def _scan(log: EventLog, topic_id: bytes) -> AsyncIterator[list[Record]]:
         await asyncio.sleep(0)  # a large topic is read in steps, never holding up the loop
 
 
-def _event_bytes(record: Record) -> bytes:
+def event_bytes(record: Record) -> bytes:
     return event_pb2.EventWrapper.FromString(record.wrapper).event

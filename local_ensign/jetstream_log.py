@@ -61,6 +61,7 @@ LOOKS_PER_ATTEMPT = 8  # looks before an attempt that has not landed is sent aga
 ANSWER_WAIT = 1.0  # seconds to wait for JetStream's answer to a commit before looking at the stream
 SCAN_MESSAGES = 1000  # messages fetched at a time when the stream is read in order
 SCAN_BYTES = 8 * 1024 * 1024
+READ_TIMEOUT = 15.0  # seconds a read keeps asking while the cluster cannot answer
 STALE_WAIT = 2.0  # seconds a read waits for a replica that lags behind what this gateway knows
 FEED_POLL = 0.5  # seconds between looks at the stream when no notification arrives
 HEADROOM = 1024  # bytes of a message kept for its headers
@@ -305,11 +306,7 @@ class JetStreamEventLog:
         waited_until = time.monotonic() + STALE_WAIT
         while len(records) < limit and size < max_bytes:
             wanted = min(limit - len(records), SCAN_MESSAGES)
-            messages = self._nats.call(
-                self._nats.get_batch(
-                    self.stream, start, self._subject("events", topic_id), wanted, max_bytes - size
-                )
-            )
+            messages = self._read_retrying(start, self._subject("events", topic_id), wanted, max_bytes - size)
             for message in messages:
                 record = self._record(topic_id, message)
                 records.append(record)
@@ -322,6 +319,18 @@ class JetStreamEventLog:
                     break  # everything this gateway knows of (a replica still behind: the caller reads again)
                 time.sleep(0.01)
         return records
+
+    def _read_retrying(self, start: int, subject: str, wanted: int, max_bytes: int) -> list[StoredMessage]:
+        """A batched direct get, asked again while the cluster cannot answer (a node died, an election)."""
+        deadline = time.monotonic() + READ_TIMEOUT
+        while True:
+            try:
+                return self._nats.call(self._nats.get_batch(self.stream, start, subject, wanted, max_bytes))
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("reading the stream failed; asking again")
+                time.sleep(RETRY_PAUSE)
 
     def last_rlid(self) -> bytes:
         return self._last_rlid
