@@ -14,7 +14,7 @@ from pyensign.api.v1beta1.groups_pb2 import ConsumerGroup, DeliverySemantic
 from pyensign.ensign import Ensign
 from pyensign.events import Event
 
-from helpers.streams import close_client, json_event
+from helpers.streams import Subscription, close_client, json_event
 from local_ensign.groups import MAX_REDELIVERIES
 from local_ensign.launcher import LocalEnsign
 from tests.conftest import AckCounter, run
@@ -108,15 +108,20 @@ def test_two_members_share_10000_events_each_delivered_once(new_client):
         seen: list[list[int]] = [[], []]
         done = asyncio.Event()
 
+        # Both members have joined (the server said so) before the first event is published.
+        subscriptions = [
+            await Subscription(client, "shared", consumer_group=ConsumerGroup(name="pair")).open()
+            for client in members
+        ]
+
         async def member(index: int) -> None:
-            async for event in members[index].subscribe("shared", consumer_group=ConsumerGroup(name="pair")):
+            async for event in subscriptions[index]:
                 seen[index].append(seq(event))
                 await event.ack()
                 if sum(map(len, seen)) >= total:
                     done.set()
 
         readers = [asyncio.create_task(member(i)) for i in range(2)]
-        await asyncio.sleep(0.5)  # both members joined before the first event
         await publish_seqs(publisher, "shared", range(total))
         await asyncio.wait_for(done.wait(), 90)
         await asyncio.sleep(0.5)  # nothing more arrives
