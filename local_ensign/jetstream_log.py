@@ -254,7 +254,14 @@ class JetStreamEventLog:
             if error is None:
                 return int(reply["seq"])
             if error.get("err_code") == WRONG_LAST_SEQUENCE:
-                if await self._after(base, attempts) == "ours":
+                # Something is stored after ``base``: ours (an attempt whose answer was lost) or
+                # another gateway's. A replica that lags may show neither yet: ask until one shows,
+                # or our own batch would be taken for another's and stored a second time.
+                while (found := await self._after(base, attempts)) == "none":
+                    if time.monotonic() >= deadline:
+                        raise StoreError("JetStream refused a commit, and no replica shows what is stored")
+                    await asyncio.sleep(RETRY_PAUSE)
+                if found == "ours":
                     return base + len(messages)
                 raise StoreConflict("another gateway committed first")
             if time.monotonic() >= deadline or error.get("code") != 503:
